@@ -1,0 +1,149 @@
+"""The ``cart-recovery`` command line.
+
+    cart-recovery db url|start|stop|status|upgrade
+    cart-recovery init                 databases, migrations, Airflow metadata, dbt manifest
+    cart-recovery up [--port 8080]     Airflow locally until Ctrl-C (what `make up` runs)
+    cart-recovery airflow <args>       the Airflow CLI with the project's environment
+    cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from cart_recovery import __version__, bootstrap, settings
+from cart_recovery.database import Database, embedded_server, migrate
+from cart_recovery.environment import admin_credentials, project_environment
+from cart_recovery.errors import CartRecoveryError
+
+log = logging.getLogger("cart_recovery")
+
+
+@contextlib.contextmanager
+def running_database(*, keep_running: bool = False) -> Iterator[Database]:
+    """The database in use, started if embedded; stopped afterwards if this call started it."""
+    database = Database.from_env()
+    started = database.start()
+    try:
+        yield database
+    finally:
+        if started and not keep_running:
+            database.stop()
+
+
+def _db(args: argparse.Namespace) -> int:
+    database = Database.from_env()
+    if args.action == "url":
+        database.start()  # left running: the URL is for psql or a BI tool
+        database.ensure_databases()
+        print(database.url)
+    elif args.action == "start":
+        print("started" if database.start() else "already running", database.url)
+    elif args.action == "stop":
+        if not database.embedded:
+            raise CartRecoveryError(f"{settings.DATABASE_URL_ENV} is set: the configured server is not ours to stop.")
+        database.stop()
+        print("stopped")
+    elif args.action == "status":
+        where = database.warehouse.render_as_string(hide_password=True)
+        if database.embedded:
+            state = "running" if embedded_server().is_running() else "stopped"
+            print(f"embedded {where} {state}")
+        else:
+            print(f"configured {where}")
+    elif args.action == "upgrade":
+        with running_database() as db:
+            db.ensure_databases()
+            applied = migrate.upgrade(db.url)
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (already current)"
+            print(f"migrations applied: {names}")
+    return 0
+
+
+def _init(_args: argparse.Namespace) -> int:
+    with running_database() as database:
+        bootstrap.prepare(database, project_environment(database))
+    print("ready: databases, migrations, Airflow metadata and dbt manifest are current")
+    return 0
+
+
+def _passthrough(tool: str, argv: list[str]) -> int:
+    """Run ``airflow``/``dbt`` with the project's environment and return its exit code."""
+    with running_database() as database:
+        env = project_environment(database)
+        database.ensure_databases()
+        cwd = None
+        if tool == "dbt":
+            cwd = env["DBT_PROJECT_DIR"]
+        elif argv[:1] != ["db"]:
+            bootstrap.prepare(database, env, airflow=True, dbt=True)
+        return subprocess.call([tool, *argv], env=env, cwd=cwd)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from cart_recovery.stack import AirflowStack
+
+    with running_database() as database:
+        env = project_environment(database)
+        print(f"Preparing the database ({'embedded' if database.embedded else 'configured'}: "
+              f"{database.warehouse.render_as_string(hide_password=True)}) ...", flush=True)
+        bootstrap.prepare(database, env)
+        user, password = admin_credentials()
+        print(
+            f"\nAirflow is starting: http://localhost:{args.port}  (ready in about 30 s)\n"
+            f"  login: {user} / {password}   (set {settings.ADMIN_USER_ENV} / {settings.ADMIN_PASSWORD_ENV})\n"
+            f"  warehouse: {database.warehouse.render_as_string(hide_password=True)}\n"
+            "  Ctrl-C stops Airflow" + (" and the embedded database." if database.embedded else "."),
+            flush=True,
+        )
+        return AirflowStack(env=env, port=args.port).run_until_interrupted()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cart-recovery", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="the warehouse database (embedded or configured)")
+    db.add_argument("action", choices=["url", "start", "stop", "status", "upgrade"])
+    db.set_defaults(handler=_db)
+
+    init = commands.add_parser("init", help="create databases, run migrations, migrate Airflow, parse dbt")
+    init.set_defaults(handler=_init)
+
+    up = commands.add_parser("up", help="run Airflow locally until Ctrl-C")
+    up.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_AIRFLOW_PORT", 8080)))
+    up.set_defaults(handler=_up)
+
+    for tool in ("airflow", "dbt"):
+        sub = commands.add_parser(tool, help=f"run the {tool} CLI with the project's environment",
+                                  add_help=False)
+        sub.add_argument("args", nargs=argparse.REMAINDER)
+        sub.set_defaults(handler=lambda a, tool=tool: _passthrough(tool, a.args))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except CartRecoveryError as exc:
+        print(f"cart-recovery: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
     cart-recovery db url|start|stop|status|upgrade
     cart-recovery init                 databases, migrations, Airflow metadata, dbt manifest
     cart-recovery up [--port 8080]     Airflow locally until Ctrl-C (what `make up` runs)
+    cart-recovery env                  the environment as shell exports
     cart-recovery airflow <args>       the Airflow CLI with the project's environment
     cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
 """
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,6 +75,16 @@ def _init(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(_args: argparse.Namespace) -> int:
+    """Print the project's environment as shell exports: eval "$(cart-recovery env)"."""
+    database = Database.from_env()
+    env = project_environment(database, base={})
+    for key in sorted(env):
+        if key.startswith(("AIRFLOW", "CART_RECOVERY", "DBT_", "DO_NOT_TRACK")):
+            print(f"export {key}={shlex.quote(env[key])}")
+    return 0
+
+
 def _passthrough(tool: str, argv: list[str]) -> int:
     """Run ``airflow``/``dbt`` with the project's environment and return its exit code."""
     with running_database() as database:
@@ -118,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create databases, run migrations, migrate Airflow, parse dbt")
     init.set_defaults(handler=_init)
+
+    env = commands.add_parser("env", help='print the environment as exports: eval "$(cart-recovery env)"')
+    env.set_defaults(handler=_env)
 
     up = commands.add_parser("up", help="run Airflow locally until Ctrl-C")
     up.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_AIRFLOW_PORT", 8080)))

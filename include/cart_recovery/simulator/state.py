@@ -1,0 +1,89 @@
+"""What the fake APIs share: the generated shops, the failure knobs and request counters."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from fastapi import HTTPException
+from fastapi.responses import Response
+
+from cart_recovery.shops import Platform
+from cart_recovery.simulator.data import ShopData
+
+T = TypeVar("T")
+
+
+@dataclass
+class Knobs:
+    """Failure injection. ``throttle_every=N`` answers every Nth API request of a shop with 429."""
+
+    throttle_every: int = 0
+    retry_after: int = 1
+    fail_every: int = 0  # every Nth request answers 503
+    token_ttl: int = 86_400  # Ideasoft access token lifetime, seconds
+
+
+@dataclass
+class SimulatorState:
+    shops: dict[str, ShopData]
+    knobs: Knobs = field(default_factory=Knobs)
+    requests: Counter = field(default_factory=Counter)  # (shop_id, label) -> count
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shop(self, shop_id: str, platform: Platform) -> ShopData:
+        data = self.shops.get(shop_id)
+        if data is None or data.shop.platform is not platform:
+            raise HTTPException(status_code=404, detail=f"no {platform} shop {shop_id!r}")
+        return data
+
+    def count(self, shop_id: str, label: str) -> int:
+        with self._lock:
+            self.requests[(shop_id, label)] += 1
+            return self.requests[(shop_id, label)]
+
+    def injected_failure(self, shop_id: str) -> Response | None:
+        """The 429 or 503 that the knobs ask for on this request, if any."""
+        n = self.count(shop_id, "api")
+        knobs = self.knobs
+        if knobs.throttle_every and n % knobs.throttle_every == 0:
+            self.count(shop_id, "throttled")
+            return Response(
+                status_code=429,
+                content='{"errors":"Exceeded API rate limit, please retry later."}',
+                media_type="application/json",
+                headers={"Retry-After": str(knobs.retry_after)},
+            )
+        if knobs.fail_every and n % knobs.fail_every == 0:
+            self.count(shop_id, "failed")
+            return Response(status_code=503, content="Service Unavailable")
+        return None
+
+
+def in_window(
+    records: Iterable[T],
+    updated: Callable[[T], datetime],
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    exclusive_since: bool = False,
+) -> list[T]:
+    """Records updated inside [since, until], oldest first (ties by insertion order)."""
+    chosen = []
+    for record in records:
+        moment = updated(record)
+        if since is not None and (moment <= since if exclusive_since else moment < since):
+            continue
+        if until is not None and moment > until:
+            continue
+        chosen.append(record)
+    return sorted(chosen, key=updated)
+
+
+def page(records: Sequence[T], number: int, size: int) -> list[T]:
+    start = (max(number, 1) - 1) * size
+    return list(records[start:start + size])

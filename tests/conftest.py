@@ -45,14 +45,14 @@ def database() -> Database:
 @pytest.fixture(scope="session")
 def airflow_db(database: Database) -> Database:
     """Airflow's metadata database, migrated; needed by ``dag.test()`` and the API tests."""
-    bootstrap.run_checked(["airflow", "db", "migrate"], os.environ, "airflow db migrate")
+    bootstrap.airflow_db_migrate(database, os.environ, force=False)
     return database
 
 
 @pytest.fixture(scope="session")
 def dbt_manifest(database: Database) -> None:
     """``dbt_project/target/manifest.json``, which the Cosmos DAGs render from."""
-    bootstrap.dbt_parse(os.environ)
+    bootstrap.dbt_parse(os.environ, force=False)
 
 
 @pytest.fixture

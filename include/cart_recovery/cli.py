@@ -4,6 +4,8 @@ cart-recovery db url|start|stop|status|upgrade
 cart-recovery init                 databases, migrations, Airflow metadata, dbt manifest
 cart-recovery up [--port 8080]     Airflow locally until Ctrl-C (what `make up` runs)
 cart-recovery env                  the environment as shell exports
+cart-recovery simulate [--seed N] [--port P]  fake shop APIs for the demo and the tests
+cart-recovery webhooks [--host 127.0.0.1] [--port 8081]  the webhook service (FastAPI, uvicorn)
 cart-recovery airflow <args>       the Airflow CLI with the project's environment
 cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
 """
@@ -72,7 +74,7 @@ def _db(args: argparse.Namespace) -> int:
 
 def _init(_args: argparse.Namespace) -> int:
     with running_database() as database:
-        bootstrap.prepare(database, project_environment(database))
+        bootstrap.prepare(database, project_environment(database), force=True)
     print("ready: databases, migrations, Airflow metadata and dbt manifest are current")
     return 0
 
@@ -87,6 +89,16 @@ def _env(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    from cart_recovery.webhooks.server import serve
+
+    with running_database() as database:
+        if database.embedded:  # local use: make sure the tables exist; a configured server runs `init`
+            database.ensure_databases()
+            migrate.upgrade(database.url)
+        return serve(host=args.host, port=args.port, database_url=database.url, workers=args.workers)
+
+
 def _passthrough(tool: str, argv: list[str]) -> int:
     """Run ``airflow``/``dbt`` with the project's environment and return its exit code."""
     with running_database() as database:
@@ -95,8 +107,8 @@ def _passthrough(tool: str, argv: list[str]) -> int:
         cwd = None
         if tool == "dbt":
             cwd = env["DBT_PROJECT_DIR"]
-        elif argv[:1] != ["db"]:
-            bootstrap.prepare(database, env, airflow=True, dbt=True)
+        elif argv[:1] not in (["db"], ["version"], []):
+            bootstrap.prepare(database, env)
         return subprocess.call([tool, *argv], env=env, cwd=cwd)
 
 
@@ -144,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run Airflow locally until Ctrl-C")
     up.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_AIRFLOW_PORT", 8080)))
     up.set_defaults(handler=_up)
+
+    from cart_recovery.simulator import command as simulate_command
+
+    simulate = commands.add_parser("simulate", help="serve fake Shopify/WooCommerce/Ticimax/Ideasoft APIs")
+    simulate_command.add_arguments(simulate)
+    simulate.set_defaults(handler=simulate_command.run)
+
+    webhooks = commands.add_parser("webhooks", help="run the webhook service (FastAPI under uvicorn)")
+    webhooks.add_argument("--host", default=os.environ.get("CART_RECOVERY_WEBHOOK_HOST", "127.0.0.1"))
+    webhooks.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_WEBHOOK_PORT", 8081)))
+    webhooks.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    webhooks.set_defaults(handler=_webhooks)
 
     for tool in ("airflow", "dbt"):
         sub = commands.add_parser(

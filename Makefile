@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install test up lint format lock clean
+.PHONY: help install test up bench lint format lock clean
 
 help:
 	@echo "make test     run the whole test suite (installs .venv on first use)"
 	@echo "make up       Airflow on http://localhost:8080 with the embedded or configured PostgreSQL"
+	@echo "make bench    benchmarks, JSON results in bench/results/ (BENCH=name to pick one)"
 	@echo "make lint     ruff check and format check"
 	@echo "make lock     re-resolve requirements.in into requirements.lock"
 	@echo "make clean    remove .venv, local Airflow state and the embedded database"
@@ -31,6 +32,9 @@ test: $(INSTALLED)
 
 up: $(INSTALLED)
 	$(BIN)/cart-recovery up
+
+bench: $(INSTALLED)
+	$(BIN)/cart-recovery bench $(BENCH)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

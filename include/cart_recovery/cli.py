@@ -4,6 +4,7 @@ cart-recovery db url|start|stop|status|upgrade
 cart-recovery init                 databases, migrations, Airflow metadata, dbt manifest
 cart-recovery up [--port 8080]     Airflow locally until Ctrl-C (what `make up` runs)
 cart-recovery env                  the environment as shell exports
+cart-recovery bench [NAME ...]     benchmarks (what `make bench` runs), JSON in bench/results/
 cart-recovery simulate [--seed N] [--port P]  fake shop APIs for the demo and the tests
 cart-recovery webhooks [--host 127.0.0.1] [--port 8081]  the webhook service (FastAPI, uvicorn)
 cart-recovery airflow <args>       the Airflow CLI with the project's environment
@@ -149,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create databases, run migrations, migrate Airflow, parse dbt")
     init.set_defaults(handler=_init)
+
+    from cart_recovery.bench import runner as bench_runner
+
+    bench = commands.add_parser("bench", help="run benchmarks; results as JSON under bench/results/")
+    bench_runner.add_arguments(bench)
+    bench.set_defaults(handler=bench_runner.run)
 
     env = commands.add_parser("env", help='print the environment as exports: eval "$(cart-recovery env)"')
     env.set_defaults(handler=_env)

@@ -30,14 +30,16 @@ def get_connection(conn_id: str):
     if not value:
         raise ConfigurationError(
             f"Airflow connection {conn_id!r} is not defined: set {name} to its JSON form, e.g. "
-            f"{name}='{{\"conn_type\": \"http\", \"extra\": {{\"webhook_secret\": \"...\"}}}}'"
+            f'{name}=\'{{"conn_type": "http", "extra": {{"webhook_secret": "..."}}}}\''
         )
     try:
         if value.startswith("{"):
             return Connection.from_json(value, conn_id=conn_id)
         return Connection.from_uri(value, conn_id=conn_id)
     except Exception as exc:
-        raise ConfigurationError(f"{name} is not a valid Airflow connection (JSON or URI form): {exc}") from exc
+        raise ConfigurationError(
+            f"{name} is not a valid Airflow connection (JSON or URI form): {exc}"
+        ) from exc
 
 
 def connection_extra(conn_id: str) -> dict[str, Any]:
@@ -51,6 +53,6 @@ def required_extra(conn_id: str, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(
             f"Airflow connection {conn_id!r} ({env_var_name(conn_id)}) has no {key!r} in its extra; "
-            f"add it, e.g. \"extra\": {{\"{key}\": \"...\"}}"
+            f'add it, e.g. "extra": {{"{key}": "..."}}'
         )
     return value

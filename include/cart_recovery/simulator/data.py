@@ -166,12 +166,20 @@ def default_shops(seed: int) -> list[SimulatedShop]:
             key = f"shpat_{key}"
         elif platform is Platform.WOOCOMMERCE:
             key = f"ck_{key}"
-        shops.append(SimulatedShop(
-            id=shop_id, platform=platform, domain=domain, language=language, currency=currency,
-            timezone=tz, api_key=key,
-            api_secret=("cs_" if platform is Platform.WOOCOMMERCE else "") + _secret(seed, shop_id, "secret"),
-            webhook_secret=_secret(seed, shop_id, "webhook"),
-        ))
+        shops.append(
+            SimulatedShop(
+                id=shop_id,
+                platform=platform,
+                domain=domain,
+                language=language,
+                currency=currency,
+                timezone=tz,
+                api_key=key,
+                api_secret=("cs_" if platform is Platform.WOOCOMMERCE else "")
+                + _secret(seed, shop_id, "secret"),
+                webhook_secret=_secret(seed, shop_id, "webhook"),
+            )
+        )
     return shops
 
 
@@ -229,15 +237,17 @@ def generate_shop(
             next_variant += 1
             variants.append(Variant(next_variant, size, price, rng.randint(0, 40)))
         created = moment(reference_time - timedelta(days=90), window_start)
-        data.products.append(Product(
-            id=8_000_000_000 + 1000 * (n + 1) + rng.randint(0, 999),
-            title=title,
-            product_type="apparel" if apparel else "home",
-            variants=variants,
-            size_chart=_size_chart(rng, shop.language) if apparel else None,
-            created_at=created,
-            updated_at=moment(created, window_start),
-        ))
+        data.products.append(
+            Product(
+                id=8_000_000_000 + 1000 * (n + 1) + rng.randint(0, 999),
+                title=title,
+                product_type="apparel" if apparel else "home",
+                variants=variants,
+                size_chart=_size_chart(rng, shop.language) if apparel else None,
+                created_at=created,
+                updated_at=moment(created, window_start),
+            )
+        )
 
     # Customers: mostly in the shop's language, some in the other one.
     for n in range(max(1, int(carts * 0.8))):
@@ -245,20 +255,22 @@ def generate_shop(
         fake = fakers[locale]
         first, last = fake.first_name(), fake.last_name()
         created = moment(reference_time - timedelta(days=400), window_start)
-        user = f"{first}.{last}".lower().replace(" ", "")
-        user = user.translate(str.maketrans("çğıöşüâî", "cgiosuai"))
-        data.customers.append(Customer(
-            id=7_000_000_000 + 1000 * (n + 1) + rng.randint(0, 999),
-            first_name=first,
-            last_name=last,
-            email=f"{user}{rng.randint(1, 99)}@{fake.free_email_domain()}",
-            phone=_phone(rng, locale) if rng.random() < 0.85 else None,
-            locale=locale,
-            email_consent=rng.random() < 0.7,
-            whatsapp_consent=rng.random() < 0.6,
-            created_at=created,
-            updated_at=moment(created, window_start) if rng.random() < 0.5 else created,
-        ))
+        user = f"{first}.{last}".replace("İ", "I").replace("I", "ı").lower().replace(" ", "")
+        user = user.translate(str.maketrans("çğıöşüâîû", "cgiosuaiu"))
+        data.customers.append(
+            Customer(
+                id=7_000_000_000 + 1000 * (n + 1) + rng.randint(0, 999),
+                first_name=first,
+                last_name=last,
+                email=f"{user}{rng.randint(1, 99)}@{fake.free_email_domain()}",
+                phone=_phone(rng, locale) if rng.random() < 0.85 else None,
+                locale=locale,
+                email_consent=rng.random() < 0.7,
+                whatsapp_consent=rng.random() < 0.6,
+                created_at=created,
+                updated_at=moment(created, window_start) if rng.random() < 0.5 else created,
+            )
+        )
 
     # Carts, a third of which end in an order.
     for n in range(carts):
@@ -283,13 +295,20 @@ def generate_shop(
         if rng.random() < 0.33:
             ordered = min(updated + timedelta(minutes=rng.randint(5, 600)), reference_time)
             cart.completed_at = ordered
-            data.orders.append(Order(
-                id=6_000_000_000 + 1000 * (n + 1) + rng.randint(0, 999),
-                customer=customer, email=cart.email, phone=cart.phone, cart=cart,
-                currency=shop.currency, total=cart.total,
-                coupon_code=rng.choice([None, None, f"GERI{rng.randint(1000, 9999)}"]),
-                created_at=ordered, updated_at=ordered,
-            ))
+            data.orders.append(
+                Order(
+                    id=6_000_000_000 + 1000 * (n + 1) + rng.randint(0, 999),
+                    customer=customer,
+                    email=cart.email,
+                    phone=cart.phone,
+                    cart=cart,
+                    currency=shop.currency,
+                    total=cart.total,
+                    coupon_code=rng.choice([None, None, f"GERI{rng.randint(1000, 9999)}"]),
+                    created_at=ordered,
+                    updated_at=ordered,
+                )
+            )
         data.carts.append(cart)
 
     for n, cart in enumerate(data.carts[:defects]):

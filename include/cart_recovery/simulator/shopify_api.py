@@ -71,17 +71,21 @@ def gql_checkout(cart: Cart, shop_domain: str) -> dict:
         "billingAddress": {"phone": cart.phone} if cart.phone and cart.customer is None else None,
         "discountCodes": [],
         "totalPriceSet": _money(cart.total, cart.currency),
-        "lineItems": {"edges": [
-            {"node": {
-                "title": item.product.title,
-                "variantTitle": item.variant.title,
-                "quantity": item.quantity,
-                "originalUnitPriceSet": _money(item.price, cart.currency),
-                "product": {"id": gid("Product", item.product.id)},
-                "variant": {"id": gid("ProductVariant", item.variant.id)},
-            }}
-            for item in cart.items
-        ]},
+        "lineItems": {
+            "edges": [
+                {
+                    "node": {
+                        "title": item.product.title,
+                        "variantTitle": item.variant.title,
+                        "quantity": item.quantity,
+                        "originalUnitPriceSet": _money(item.price, cart.currency),
+                        "product": {"id": gid("Product", item.product.id)},
+                        "variant": {"id": gid("ProductVariant", item.variant.id)},
+                    }
+                }
+                for item in cart.items
+            ]
+        },
     }
 
 
@@ -106,11 +110,19 @@ def gql_product(p: Product) -> dict:
         "productType": p.product_type,
         "createdAt": iso(p.created_at),
         "updatedAt": iso(p.updated_at),
-        "variants": {"edges": [
-            {"node": {"id": gid("ProductVariant", v.id), "title": v.title, "price": str(v.price),
-                      "inventoryQuantity": v.inventory_quantity}}
-            for v in p.variants
-        ]},
+        "variants": {
+            "edges": [
+                {
+                    "node": {
+                        "id": gid("ProductVariant", v.id),
+                        "title": v.title,
+                        "price": str(v.price),
+                        "inventoryQuantity": v.inventory_quantity,
+                    }
+                }
+                for v in p.variants
+            ]
+        },
         "sizeChart": {"value": json.dumps(p.size_chart, ensure_ascii=False)} if p.size_chart else None,
     }
 
@@ -120,10 +132,15 @@ def rest_customer(c: Customer) -> dict:
         return {"state": "subscribed" if flag else "not_subscribed"}
 
     return {
-        "id": c.id, "email": c.email, "phone": c.phone, "first_name": c.first_name,
-        "last_name": c.last_name, "email_marketing_consent": consent(c.email_consent),
+        "id": c.id,
+        "email": c.email,
+        "phone": c.phone,
+        "first_name": c.first_name,
+        "last_name": c.last_name,
+        "email_marketing_consent": consent(c.email_consent),
         "sms_marketing_consent": consent(c.whatsapp_consent) if c.phone else None,
-        "created_at": iso(c.created_at), "updated_at": iso(c.updated_at),
+        "created_at": iso(c.created_at),
+        "updated_at": iso(c.updated_at),
     }
 
 
@@ -141,8 +158,14 @@ def rest_checkout(cart: Cart, shop_domain: str) -> dict:
         "customer_locale": cart.customer.locale if cart.customer else None,
         "customer": customer,
         "line_items": [
-            {"product_id": i.product.id, "variant_id": i.variant.id, "title": i.product.title,
-             "variant_title": i.variant.title, "quantity": i.quantity, "price": str(i.price)}
+            {
+                "product_id": i.product.id,
+                "variant_id": i.variant.id,
+                "title": i.product.title,
+                "variant_title": i.variant.title,
+                "quantity": i.quantity,
+                "price": str(i.price),
+            }
             for i in cart.items
         ],
         "total_price": str(cart.total),
@@ -205,7 +228,7 @@ def _connection(data: ShopData, field_name: str, args: dict) -> dict:
     chosen = in_window(records, lambda r: r.updated_at, since, until, exclusive_since=exclusive)
     first = min(int(args.get("first") or 50), MAX_PAGE)
     start = _offset(args.get("after"))
-    window = chosen[start:start + first]
+    window = chosen[start : start + first]
     edges = [{"cursor": _cursor(start + n + 1), "node": render(r)} for n, r in enumerate(window)]
     return {
         "edges": edges,
@@ -234,19 +257,29 @@ def router(state: SimulatorState) -> APIRouter:
             body = await request.json()
             query = body["query"]
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"errors": [{"message": "Parse error: expected a JSON body with query"}]},
-                                status_code=400)
+            return JSONResponse(
+                {"errors": [{"message": "Parse error: expected a JSON body with query"}]}, status_code=400
+            )
         match = _ROOT_FIELD.search(query)
         if match is None:
             return JSONResponse({"errors": [{"message": "Field not supported by the simulator"}]})
         field_name = match.group(1)
-        args = _arguments(query[match.end():], body.get("variables") or {})
-        return JSONResponse({
-            "data": {field_name: _connection(data, field_name, args)},
-            "extensions": {"cost": {"requestedQueryCost": 52, "actualQueryCost": 12,
-                                    "throttleStatus": {"maximumAvailable": 2000.0,
-                                                       "currentlyAvailable": 1988,
-                                                       "restoreRate": 100.0}}},
-        })
+        args = _arguments(query[match.end() :], body.get("variables") or {})
+        return JSONResponse(
+            {
+                "data": {field_name: _connection(data, field_name, args)},
+                "extensions": {
+                    "cost": {
+                        "requestedQueryCost": 52,
+                        "actualQueryCost": 12,
+                        "throttleStatus": {
+                            "maximumAvailable": 2000.0,
+                            "currentlyAvailable": 1988,
+                            "restoreRate": 100.0,
+                        },
+                    }
+                },
+            }
+        )
 
     return api

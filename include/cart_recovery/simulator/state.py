@@ -86,4 +86,4 @@ def in_window(
 
 def page(records: Sequence[T], number: int, size: int) -> list[T]:
     start = (max(number, 1) - 1) * size
-    return list(records[start:start + size])
+    return list(records[start : start + size])

@@ -1,0 +1,41 @@
+"""``cart-recovery bench``: run the benchmarks by name and print where their results went."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _dbt_incremental(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import dbt_incremental
+
+    return dbt_incremental.main(history=50_000 if quick else 1_000_000, new=500 if quick else 10_000)
+
+
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "dbt_incremental": _dbt_incremental,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "names",
+        nargs="*",
+        choices=[*BENCHMARKS, []],
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="small workloads, to check the harness")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in args.names or list(BENCHMARKS):
+        log.info("benchmark %s%s", name, " (quick)" if args.quick else "")
+        result = BENCHMARKS[name](args.quick)
+        print(json.dumps({name: result}, indent=2, default=str))
+    return 0

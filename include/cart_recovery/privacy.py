@@ -1,0 +1,362 @@
+"""Shopify's mandatory privacy webhooks, processed after the event is stored.
+
+- ``customers/redact``: erases the customer's personal data (names, emails, phones, addresses,
+  IPs, notes, message texts, recovery links) in place from ``raw.webhook_events`` (the shop's events
+  and the WhatsApp messages from or to the customer's phone), ``raw.polled_records`` and
+  ``ops.privacy_requests``, and deletes their ``ops.data_exports``. Non-personal facts stay
+  (ids, totals, currency, timestamps, line items), so KPIs still add up; dbt rebuilds the marts
+  from the redacted raw rows on its next run.
+- ``customers/data_request``: writes one JSON document of every stored row about the customer to
+  ``ops.data_exports`` (the shop owner passes it on; Shopify does not collect it).
+- ``shop/redact``: deletes every row of the shop from the tables in ``SHOP_DATA_TABLES``; the
+  privacy requests themselves stay, redacted, as the audit trail.
+
+A row is "about the customer" when one of their ids, emails or phone numbers appears in it (see
+``ops.jsonb_mentions_customer``), or it is one of the orders Shopify lists in the request.
+Each request is a row of ``ops.privacy_requests`` (pending, completed or failed), written in the
+same transaction as the event, so a crash before processing leaves it pending, and it is picked
+up again on the next delivery or when the service starts. Processing is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2.extras import Json
+
+log = logging.getLogger(__name__)
+
+CUSTOMERS_REDACT = "customers/redact"
+CUSTOMERS_DATA_REQUEST = "customers/data_request"
+SHOP_REDACT = "shop/redact"
+PRIVACY_TOPICS = frozenset({CUSTOMERS_REDACT, CUSTOMERS_DATA_REQUEST, SHOP_REDACT})
+
+# Keys whose values are personal data, in the field names of every platform we store (compared in
+# lower case). Address blocks, client details and notes go as a whole.
+PERSONAL_KEYS: tuple[str, ...] = (
+    # names
+    "first_name",
+    "last_name",
+    "name_on_card",
+    "firstname",
+    "surname",
+    "isim",
+    "soyisim",
+    "profile",
+    # emails and phones
+    "email",
+    "contact_email",
+    "mail",
+    "phone",
+    "phonenumber",
+    "phone_number",
+    "ceptelefonu",
+    "mobile",
+    "from",
+    "wa_id",
+    "recipient_id",
+    # addresses and devices
+    "billing",
+    "shipping",
+    "billing_address",
+    "shipping_address",
+    "default_address",
+    "addresses",
+    "address",
+    "adres",
+    "browser_ip",
+    "client_details",
+    "customer_ip_address",
+    "customer_user_agent",
+    # free text written by or to the customer
+    "note",
+    "customer_note",
+    "body",
+    "caption",
+    "text",
+    # links that open the customer's checkout with their details filled in
+    "abandoned_checkout_url",
+    "cart_url",
+)
+# Keys that hold phone numbers, matched on their last 10 digits.
+PHONE_KEYS: tuple[str, ...] = (
+    "phone",
+    "phonenumber",
+    "phone_number",
+    "ceptelefonu",
+    "mobile",
+    "from",
+    "wa_id",
+    "recipient_id",
+)
+# Tables with a shop_id column that shop/redact empties for the shop. Add new tables holding shop
+# data here.
+SHOP_DATA_TABLES: tuple[str, ...] = ("raw.webhook_events", "raw.polled_records", "ops.data_exports")
+
+
+def record_request(
+    cur: psycopg2.extensions.cursor,
+    *,
+    platform: str,
+    shop_id: str,
+    topic: str,
+    delivery_id: str,
+    payload: dict[str, Any],
+    received_at: datetime,
+) -> tuple[int, str]:
+    """Insert the request (idempotent on its delivery id); its id and current status."""
+    customer_id = _customer(payload).get("id")
+    cur.execute(
+        """
+        insert into ops.privacy_requests
+            (platform, shop_id, topic, delivery_id, customer_id, payload, received_at)
+        values (%s, %s, %s, %s, %s, %s, %s)
+        on conflict on constraint privacy_requests_delivery_unique do nothing
+        returning request_id, status
+        """,
+        (
+            platform,
+            shop_id,
+            topic,
+            delivery_id,
+            None if customer_id is None else str(customer_id),
+            Json(payload),
+            received_at,
+        ),
+    )
+    row = cur.fetchone()
+    if row is None:
+        cur.execute(
+            "select request_id, status from ops.privacy_requests "
+            "where platform = %s and shop_id = %s and delivery_id = %s",
+            (platform, shop_id, delivery_id),
+        )
+        row = cur.fetchone()
+    return row[0], row[1]
+
+
+def process_request(conn: psycopg2.extensions.connection, request_id: int) -> str | None:
+    """Carry out one request in the caller's transaction; its new status (None if not ours now)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "select shop_id, topic, payload, status from ops.privacy_requests "
+            "where request_id = %s for update skip locked",
+            (request_id,),
+        )
+        row = cur.fetchone()
+        if row is None or row[3] == "completed":
+            return None if row is None else row[3]
+        shop_id, topic, payload, _ = row
+        cur.execute("savepoint privacy_request")
+        try:
+            if topic == SHOP_REDACT:
+                result = _shop_redact(cur, shop_id)
+            else:
+                target = _Target.from_payload(shop_id, payload)
+                if topic == CUSTOMERS_REDACT:
+                    result = _customer_redact(cur, target)
+                else:
+                    result = _data_request(cur, request_id, target)
+        except (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.ProgrammingError, ValueError) as exc:
+            cur.execute("rollback to savepoint privacy_request")
+            cur.execute(
+                "update ops.privacy_requests set status = 'failed', attempts = attempts + 1, error = %s "
+                "where request_id = %s",
+                (str(exc).strip()[:2000], request_id),
+            )
+            log.error("Privacy request %s (%s, shop %s) failed: %s", request_id, topic, shop_id, exc)
+            return "failed"
+        cur.execute(
+            "update ops.privacy_requests set status = 'completed', attempts = attempts + 1, error = null, "
+            "processed_at = %s, result = %s where request_id = %s",
+            (datetime.now(UTC), Json(result), request_id),
+        )
+        log.info("Privacy request %s (%s, shop %s) completed: %s", request_id, topic, shop_id, result)
+        return "completed"
+
+
+def open_requests(conn: psycopg2.extensions.connection) -> list[int]:
+    with conn.cursor() as cur:
+        cur.execute("select request_id from ops.privacy_requests where status <> 'completed' order by 1")
+        return [r[0] for r in cur.fetchall()]
+
+
+# -- the three topics -------------------------------------------------------------------------
+
+
+class _Target:
+    """Who a customer request is about, normalised for matching in SQL."""
+
+    def __init__(
+        self,
+        shop_id: str,
+        customer_ids: list[str],
+        emails: list[str],
+        phone_tails: list[str],
+        order_ids: list[str],
+    ) -> None:
+        self.shop_id = shop_id
+        self.customer_ids = customer_ids
+        self.emails = emails
+        self.phone_tails = phone_tails
+        self.order_ids = order_ids
+
+    @classmethod
+    def from_payload(cls, shop_id: str, payload: dict[str, Any]) -> _Target:
+        customer = _customer(payload)
+        orders = payload.get("orders_to_redact") or payload.get("orders_requested") or []
+        digits = re.sub(r"\D", "", str(customer.get("phone") or ""))
+        target = cls(
+            shop_id=shop_id,
+            customer_ids=[str(customer["id"])] if customer.get("id") is not None else [],
+            emails=[str(customer["email"]).strip().lower()] if customer.get("email") else [],
+            phone_tails=[digits[-10:]] if len(digits) >= 7 else [],
+            order_ids=[str(o) for o in orders if o is not None] if isinstance(orders, list) else [],
+        )
+        if not (target.customer_ids or target.emails or target.phone_tails):
+            raise ValueError("the request names no customer id, email or phone")
+        return target
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "shop_id": self.shop_id,
+            "customer_ids": self.customer_ids,
+            "emails": self.emails,
+            "phone_tails": self.phone_tails,
+            "order_ids": self.order_ids,
+            "phone_keys": list(PHONE_KEYS),
+            "personal_keys": list(PERSONAL_KEYS),
+        }
+
+
+_MENTIONS = (
+    "ops.jsonb_mentions_customer({col}, %(emails)s::text[], %(phone_tails)s::text[], "
+    "%(customer_ids)s::text[], %(phone_keys)s::text[])"
+)
+
+# Webhook events about the customer: the shop's (including orders Shopify lists by id), and
+# WhatsApp messages and statuses from or to the customer's phone.
+_EVENTS_WHERE = f"""
+    (e.shop_id = %(shop_id)s
+     and ({_MENTIONS.format(col="e.payload")}
+          or (e.topic like 'orders/%%' and e.payload ->> 'id' = any (%(order_ids)s::text[]))))
+    or (e.platform = 'whatsapp' and cardinality(%(phone_tails)s::text[]) > 0
+        and ops.jsonb_mentions_customer(
+            e.payload, '{{}}', %(phone_tails)s::text[], '{{}}', %(phone_keys)s::text[]))
+"""
+_RECORDS_WHERE = f"""
+    p.shop_id = %(shop_id)s and (
+        {_MENTIONS.format(col="p.payload")}
+        or (p.entity = 'customer' and p.record_id = any (%(customer_ids)s::text[]))
+        or (p.entity = 'order' and p.record_id = any (%(order_ids)s::text[])))
+"""
+
+
+def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[str, int]:
+    params = target.params()
+    cur.execute(
+        f"update raw.webhook_events e set payload = ops.jsonb_redact(e.payload, %(personal_keys)s::text[]) "
+        f"where {_EVENTS_WHERE}",
+        params,
+    )
+    events = cur.rowcount
+    cur.execute(
+        f"update raw.polled_records p set payload = ops.jsonb_redact(p.payload, %(personal_keys)s::text[]) "
+        f"where {_RECORDS_WHERE}",
+        params,
+    )
+    records = cur.rowcount
+    cur.execute(
+        "delete from ops.data_exports where shop_id = %(shop_id)s "
+        "and (customer_id = any (%(customer_ids)s::text[]) or " + _MENTIONS.format(col="export") + ")",
+        params,
+    )
+    exports = cur.rowcount
+    # The privacy requests about this customer (this one included) keep their audit facts only.
+    cur.execute(
+        "update ops.privacy_requests set payload = ops.jsonb_redact(payload, %(personal_keys)s::text[]) "
+        "where shop_id = %(shop_id)s and (customer_id = any (%(customer_ids)s::text[]) or "
+        + _MENTIONS.format(col="payload")
+        + ")",
+        params,
+    )
+    return {
+        "webhook_events_redacted": events,
+        "polled_records_redacted": records,
+        "data_exports_deleted": exports,
+        "privacy_requests_redacted": cur.rowcount,
+    }
+
+
+def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Target) -> dict[str, int]:
+    params = target.params()
+    cur.execute(
+        f"""
+        select coalesce(jsonb_agg(jsonb_build_object(
+                   'platform', e.platform, 'topic', e.topic, 'delivery_id', e.delivery_id,
+                   'received_at', e.received_at, 'payload', e.payload) order by e.event_id), '[]')
+        from raw.webhook_events e
+        where e.topic not in ('customers/redact', 'customers/data_request', 'shop/redact')
+          and ({_EVENTS_WHERE})
+        """,
+        params,
+    )
+    events = cur.fetchone()[0]
+    cur.execute(
+        f"""
+        select coalesce(jsonb_agg(jsonb_build_object(
+                   'platform', p.platform, 'entity', p.entity, 'record_id', p.record_id,
+                   'record_updated_at', p.record_updated_at, 'fetched_at', p.fetched_at,
+                   'payload', p.payload) order by p.entity, p.record_id, p.record_updated_at), '[]')
+        from raw.polled_records p
+        where {_RECORDS_WHERE}
+        """,
+        params,
+    )
+    records = cur.fetchone()[0]
+    now = datetime.now(UTC)
+    export = {
+        "shop_id": target.shop_id,
+        "customer": {"ids": target.customer_ids, "emails": target.emails},
+        "generated_at": now.isoformat(),
+        "webhook_events": events,
+        "polled_records": records,
+    }
+    cur.execute(
+        """
+        insert into ops.data_exports (request_id, shop_id, customer_id, created_at, export)
+        values (%s, %s, %s, %s, %s)
+        on conflict on constraint data_exports_request_unique
+        do update set created_at = excluded.created_at, export = excluded.export
+        """,
+        (
+            request_id,
+            target.shop_id,
+            target.customer_ids[0] if target.customer_ids else None,
+            now,
+            Json(export),
+        ),
+    )
+    return {"webhook_events_exported": len(events), "polled_records_exported": len(records)}
+
+
+def _shop_redact(cur: psycopg2.extensions.cursor, shop_id: str) -> dict[str, int]:
+    result = {}
+    for table in SHOP_DATA_TABLES:
+        cur.execute(f"delete from {table} where shop_id = %s", (shop_id,))  # table names are constants
+        result[f"{table}_deleted"] = cur.rowcount
+    cur.execute(
+        "update ops.privacy_requests set payload = ops.jsonb_redact(payload, %s::text[]) where shop_id = %s",
+        (list(PERSONAL_KEYS), shop_id),
+    )
+    return result
+
+
+def _customer(payload: dict[str, Any]) -> dict[str, Any]:
+    customer = payload.get("customer") if isinstance(payload, dict) else None
+    return customer if isinstance(customer, dict) else {}

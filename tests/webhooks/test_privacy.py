@@ -1,0 +1,303 @@
+"""Shopify's privacy topics: customers/redact erases personal data from stored payloads while the
+facts stay, customers/data_request exports the customer's rows, shop/redact deletes the shop's rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from conftest import WHATSAPP_APP_SECRET
+from webhook_helpers import (
+    dumps,
+    fetch,
+    hex_hmac,
+    shop_headers,
+    shopify_checkout,
+    whatsapp_batch,
+    woocommerce_cart,
+)
+
+# A phone number of this test run only: WhatsApp rows are matched across shops by phone.
+_DIGITS = f"{uuid.uuid4().int % 10**7:07d}"
+AYSE = {
+    "id": 7001,
+    "email": "Ayse.Yilmaz@example.com",
+    "phone": f"+90 555 {_DIGITS[:3]} {_DIGITS[3:5]} {_DIGITS[5:]}",
+}
+AYSE_E164 = f"+90555{_DIGITS}"
+OTHER = {"id": 7002, "email": "other.person@example.com", "phone": "+905559999999"}
+
+
+def _send(client, shops, topic: str, document: dict, *, platform="shopify", delivery_id=None):
+    shop = getattr(shops, platform)
+    body = dumps(document)
+    headers = shop_headers(
+        platform,
+        domain=shop.domain,
+        secret=shop.secret,
+        body=body,
+        topic=topic,
+        delivery_id=delivery_id or str(uuid.uuid4()),
+    )
+    answer = client.post(
+        f"/webhooks/{platform}", content=body, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def _polled(db, shop_id: str, entity: str, record_id: str, payload: dict) -> None:
+    now = datetime.now(UTC)
+    fetch(
+        db,
+        "insert into raw.polled_records (platform, shop_id, entity, record_id, record_updated_at, "
+        "fetched_at, payload) values ('shopify', %s, %s, %s, %s, %s, %s) returning 1",
+        shop_id,
+        entity,
+        record_id,
+        now,
+        now,
+        json.dumps(payload),
+    )
+
+
+def _whatsapp(client, wamid: str, sender: str, text: str) -> None:
+    body = dumps(whatsapp_batch(messages=[(wamid, sender, text)]))
+    answer = client.post(
+        "/webhooks/whatsapp",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": hex_hmac(WHATSAPP_APP_SECRET, body),
+        },
+    )
+    assert answer.status_code == 200
+
+
+@pytest.fixture
+def held_data(client, shops, db):
+    """Ayşe's checkout (webhook), her polled customer record and order, her WhatsApp message;
+    another customer's checkout in the same shop; Ayşe's email in another shop."""
+    shop_id = shops.shopify.id
+    _send(
+        client,
+        shops,
+        "checkouts/update",
+        shopify_checkout(checkout_id=1, customer_id=AYSE["id"], email=AYSE["email"], phone=AYSE_E164),
+    )
+    _send(
+        client,
+        shops,
+        "checkouts/update",
+        shopify_checkout(
+            checkout_id=2,
+            customer_id=OTHER["id"],
+            email=OTHER["email"],
+            phone=OTHER["phone"],
+            first_name="Zeynep",
+            last_name="Demir",
+        ),
+    )
+    _send(
+        client,
+        shops,
+        "orders/create",
+        {
+            "id": 88001,
+            "email": None,
+            "customer": None,
+            "total_price": "899.90",
+            "currency": "TRY",
+            "created_at": "2026-11-21T10:00:00Z",
+            "note": "Kapıya bırakın, Ayşe",
+        },
+    )
+    _polled(
+        db,
+        shop_id,
+        "customer",
+        str(AYSE["id"]),
+        {
+            "id": AYSE["id"],
+            "email": AYSE["email"].lower(),
+            "phone": "0555" + _DIGITS,
+            "first_name": "Ayşe",
+            "last_name": "Yılmaz",
+            "created_at": "2025-01-01T00:00:00Z",
+            "updated_at": "2026-11-20T00:00:00Z",
+        },
+    )
+    _polled(
+        db,
+        shop_id,
+        "customer",
+        str(OTHER["id"]),
+        {"id": OTHER["id"], "email": OTHER["email"], "first_name": "Other"},
+    )
+    wamid = f"wamid.{uuid.uuid4().hex}"
+    _whatsapp(client, wamid, AYSE_E164[1:], "Bedeni büyük mü?")
+    _send(client, shops, "cart.updated", woocommerce_cart(email=AYSE["email"]), platform="woocommerce")
+    return {"wamid": wamid}
+
+
+def _request(shops, **extra) -> dict:
+    return {"shop_id": 954889, "shop_domain": shops.shopify.domain, "customer": AYSE, **extra}
+
+
+def _requests(db, shop_id):
+    return fetch(
+        db,
+        "select topic, status, attempts, result, error, payload from ops.privacy_requests "
+        "where shop_id = %s order by request_id",
+        shop_id,
+    )
+
+
+def _payloads(db, shop_id) -> str:
+    rows = fetch(
+        db,
+        "select payload from raw.webhook_events where shop_id = %s union all "
+        "select payload from raw.polled_records where shop_id = %s",
+        shop_id,
+        shop_id,
+    )
+    return json.dumps([r[0] for r in rows], ensure_ascii=False)
+
+
+def test_customers_redact(client, shops, db, held_data):
+    shop_id = shops.shopify.id
+    before = _payloads(db, shop_id)
+    assert "Ayşe" in before and "ayse.yilmaz@example.com" in before.lower()
+
+    _send(client, shops, "customers/redact", _request(shops, orders_to_redact=[88001]))
+
+    [(topic, status, attempts, result, error, payload)] = _requests(db, shop_id)
+    assert (topic, status, attempts, error) == ("customers/redact", "completed", 1, None)
+    assert result["webhook_events_redacted"] == 4  # her checkout, her order, the request itself, WhatsApp
+    assert result["polled_records_redacted"] == 1
+    assert payload["customer"] == {"id": AYSE["id"], "email": None, "phone": None}
+
+    after = _payloads(db, shop_id)
+    for personal in ("Ayşe", "Yılmaz", "ayse.yilmaz@example.com", _DIGITS, "Kapıya"):
+        assert personal.lower() not in after.lower(), personal
+    # The other customer is untouched, and so is Ayşe's cart in the other (WooCommerce) shop.
+    assert OTHER["email"] in after
+    assert AYSE["email"] in _payloads(db, shops.woocommerce.id)
+
+    # Facts stay: ids, totals, currency, times, line items.
+    [checkout] = fetch(
+        db, "select payload from raw.webhook_events where shop_id = %s and payload ->> 'id' = '1'", shop_id
+    )
+    checkout = checkout[0]
+    assert checkout["customer"]["id"] == AYSE["id"] and checkout["customer"]["first_name"] is None
+    assert (checkout["total_price"], checkout["currency"], checkout["updated_at"]) == (
+        "899.90",
+        "TRY",
+        "2026-11-20T10:05:00+03:00",
+    )
+    assert checkout["line_items"][0]["title"] == "Linen Shirt"
+    assert checkout["customer"]["email_marketing_consent"] == {"state": "subscribed"}
+    assert checkout["abandoned_checkout_url"] is None
+    assert checkout["billing_address"] is None and checkout["customer"]["default_address"] is None
+
+    [(message,)] = fetch(
+        db, "select payload from raw.webhook_events where delivery_id = %s", held_data["wamid"]
+    )
+    value = message["entry"][0]["changes"][0]["value"]
+    assert value["messages"][0]["text"] is None and value["messages"][0]["from"] is None
+    assert value["messages"][0]["id"] == held_data["wamid"]
+    assert value["contacts"][0]["profile"] is None
+
+
+def test_customers_data_request(client, shops, db, held_data):
+    shop_id = shops.shopify.id
+    _send(
+        client,
+        shops,
+        "customers/data_request",
+        _request(shops, orders_requested=[88001], data_request={"id": 9999}),
+    )
+    [(topic, status, *_rest)] = _requests(db, shop_id)
+    assert (topic, status) == ("customers/data_request", "completed")
+    [(customer_id, export)] = fetch(
+        db, "select customer_id, export from ops.data_exports where shop_id = %s", shop_id
+    )
+    assert customer_id == str(AYSE["id"])
+    events = export["webhook_events"]
+    assert sorted(e["topic"] for e in events) == ["checkouts/update", "messages", "orders/create"]
+    assert {e["payload"].get("id") for e in events if e["topic"] != "messages"} == {1, 88001}
+    assert [r["record_id"] for r in export["polled_records"]] == [str(AYSE["id"])]
+    assert OTHER["email"] not in json.dumps(export)
+    # A data request changes nothing it reads.
+    assert "Ayşe" in _payloads(db, shop_id)
+
+    # Redacting her afterwards deletes the export too.
+    _send(client, shops, "customers/redact", _request(shops))
+    assert fetch(db, "select count(*) from ops.data_exports where shop_id = %s", shop_id) == [(0,)]
+
+
+def test_shop_redact(client, shops, db, held_data):
+    shop_id = shops.shopify.id
+    _send(client, shops, "customers/data_request", _request(shops))
+    _send(client, shops, "shop/redact", {"shop_id": 954889, "shop_domain": shops.shopify.domain})
+    assert fetch(db, "select count(*) from raw.webhook_events where shop_id = %s", shop_id) == [(0,)]
+    assert fetch(db, "select count(*) from raw.polled_records where shop_id = %s", shop_id) == [(0,)]
+    assert fetch(db, "select count(*) from ops.data_exports where shop_id = %s", shop_id) == [(0,)]
+    statuses = [(r[0], r[1]) for r in _requests(db, shop_id)]
+    assert statuses == [("customers/data_request", "completed"), ("shop/redact", "completed")]
+    # The audit trail keeps no personal data; other shops keep theirs.
+    assert "example.com" not in json.dumps([r[5] for r in _requests(db, shop_id)])
+    assert fetch(db, "select count(*) from raw.webhook_events where shop_id = %s", shops.woocommerce.id) == [
+        (1,)
+    ]
+
+
+def test_repeated_request_is_processed_once(client, shops, db, held_data):
+    shop_id = shops.shopify.id
+    _send(client, shops, "customers/redact", _request(shops), delivery_id="gdpr-1")
+    answer = _send(client, shops, "customers/redact", _request(shops), delivery_id="gdpr-1")
+    assert answer.json()["status"] == "duplicate"
+    assert [(r[1], r[2]) for r in _requests(db, shop_id)] == [("completed", 1)]
+
+
+def test_failed_request_is_retried_on_redelivery(client, shops, db):
+    shop_id = shops.shopify.id
+    # Names no customer: recorded as failed, with the reason.
+    _send(client, shops, "customers/redact", {"shop_id": 1, "customer": {}}, delivery_id="gdpr-bad")
+    [(_, status, attempts, _, error, _)] = _requests(db, shop_id)
+    assert (status, attempts) == ("failed", 1) and "no customer" in error
+    _send(client, shops, "customers/redact", {"shop_id": 1, "customer": {}}, delivery_id="gdpr-bad")
+    [(_, status, attempts, _, _, _)] = _requests(db, shop_id)
+    assert (status, attempts) == ("failed", 2)
+
+
+def test_privacy_topics_of_other_platforms_are_plain_events(client, shops, db):
+    _send(client, shops, "customers/redact", {"customer": AYSE}, platform="woocommerce")
+    assert _requests(db, shops.woocommerce.id) == []
+
+
+def test_jsonb_redact_keeps_facts(db):
+    [(redacted,)] = fetch(
+        db,
+        "select ops.jsonb_redact(%s::jsonb, array['email','billing'])",
+        json.dumps(
+            {
+                "email": "a@b.c",
+                "billing": {"city": "x"},
+                "items": [{"email": "d@e.f", "price": 1}],
+                "total": "9.5",
+                "empty": {},
+                "list": [],
+            }
+        ),
+    )
+    assert redacted == {
+        "email": None,
+        "billing": None,
+        "items": [{"email": None, "price": 1}],
+        "total": "9.5",
+        "empty": {},
+        "list": [],
+    }

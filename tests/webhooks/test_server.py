@@ -1,0 +1,87 @@
+"""`cart-recovery webhooks` serves the app under uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from webhook_helpers import dumps, fetch, shop_headers, shopify_checkout
+
+from cart_recovery.cli import build_parser
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cli_parses_webhooks_defaults():
+    args = build_parser().parse_args(["webhooks"])
+    assert (args.host, args.port, args.workers) == ("127.0.0.1", 8081, 1)
+    args = build_parser().parse_args(["webhooks", "--host", "0.0.0.0", "--port", "9000"])
+    assert (args.host, args.port) == ("0.0.0.0", 9000)
+
+
+def test_served_by_uvicorn(shops, database, db, tmp_path: Path):
+    executable = shutil.which("cart-recovery", path=str(Path(sys.executable).parent))
+    if executable is None:
+        pytest.skip("the cart-recovery console script is not installed in this environment")
+    port = _free_port()
+    env = {**os.environ, "CART_RECOVERY_DATABASE_URL": database.url}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [executable, "webhooks", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "the webhook service did not start within 60 s"
+            time.sleep(0.2)
+
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok", "database": "ok"}
+        paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+        assert {
+            "/webhooks/shopify",
+            "/webhooks/woocommerce",
+            "/webhooks/ideasoft",
+            "/webhooks/whatsapp",
+            "/healthz",
+        } <= set(paths)
+        assert {"get", "post"} <= set(paths["/webhooks/whatsapp"])
+
+        body = dumps(shopify_checkout())
+        headers = shop_headers(
+            "shopify",
+            domain=shops.shopify.domain,
+            secret=shops.shopify.secret,
+            body=body,
+            topic="checkouts/create",
+            delivery_id="over-http",
+        )
+        answer = httpx.post(
+            f"{base}/webhooks/shopify", content=body, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert answer.status_code == 200, answer.text
+        # Committed before the answer: visible at once from another connection.
+        assert fetch(
+            db, "select delivery_id from raw.webhook_events where shop_id = %s", shops.shopify.id
+        ) == [("over-http",)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

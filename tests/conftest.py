@@ -8,6 +8,7 @@ the tests never touches the data of a local installation.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import psycopg2
@@ -31,6 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     is_xdist_worker = hasattr(config, "workerinput")
     if _state.get("started") and not is_xdist_worker:
+        if "airflow.settings" in sys.modules:
+            # Close Airflow's pooled connections now; at interpreter exit the server is gone.
+            sys.modules["airflow.settings"].dispose_orm()
         _state["database"].stop()  # type: ignore[union-attr]
 
 

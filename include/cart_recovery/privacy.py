@@ -2,7 +2,8 @@
 
 - ``customers/redact``: erases the customer's personal data (names, emails, phones, addresses,
   IPs, notes, message texts, recovery links) in place from ``raw.webhook_events`` (the shop's events
-  and the WhatsApp messages from or to the customer's phone), ``raw.polled_records`` and
+  and the WhatsApp messages from or to the customer's phone), ``raw.polled_records``,
+  ``ops.quarantine`` (polled records that failed validation, kept verbatim) and
   ``ops.privacy_requests``, and deletes their ``ops.data_exports``. Non-personal facts stay
   (ids, totals, currency, timestamps, line items), so KPIs still add up; dbt rebuilds the marts
   from the redacted raw rows on its next run.
@@ -95,8 +96,15 @@ PHONE_KEYS: tuple[str, ...] = (
     "recipient_id",
 )
 # Tables with a shop_id column that shop/redact empties for the shop. Add new tables holding shop
-# data here.
-SHOP_DATA_TABLES: tuple[str, ...] = ("raw.webhook_events", "raw.polled_records", "ops.data_exports")
+# data here (and, when they hold personal data, cover them in _customer_redact and _data_request).
+SHOP_DATA_TABLES: tuple[str, ...] = (
+    "raw.webhook_events",
+    "raw.polled_records",
+    "ops.quarantine",
+    "ops.validation_runs",
+    "ops.ingest_watermarks",
+    "ops.data_exports",
+)
 
 
 def record_request(
@@ -249,12 +257,21 @@ _EVENTS_WHERE = f"""
         and ops.jsonb_mentions_customer(
             e.payload, '{{}}', %(phone_tails)s::text[], '{{}}', %(phone_keys)s::text[]))
 """
-_RECORDS_WHERE = f"""
-    p.shop_id = %(shop_id)s and (
-        {_MENTIONS.format(col="p.payload")}
-        or (p.entity = 'customer' and p.record_id = any (%(customer_ids)s::text[]))
-        or (p.entity = 'order' and p.record_id = any (%(order_ids)s::text[])))
+
+
+# Polled record versions about the customer (alias {a}: raw.polled_records, or ops.quarantine for
+# the versions that failed validation).
+def _records_where(a: str) -> str:
+    return f"""
+    {a}.shop_id = %(shop_id)s and (
+        {_MENTIONS.format(col=f"{a}.payload")}
+        or ({a}.entity = 'customer' and {a}.record_id = any (%(customer_ids)s::text[]))
+        or ({a}.entity = 'order' and {a}.record_id = any (%(order_ids)s::text[])))
 """
+
+
+_RECORDS_WHERE = _records_where("p")
+_QUARANTINE_WHERE = _records_where("q")
 
 
 def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[str, int]:
@@ -271,6 +288,7 @@ def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[s
         params,
     )
     records = cur.rowcount
+    quarantined, merged = _redact_quarantine(cur, params)
     cur.execute(
         "delete from ops.data_exports where shop_id = %(shop_id)s "
         "and (customer_id = any (%(customer_ids)s::text[]) or " + _MENTIONS.format(col="export") + ")",
@@ -288,9 +306,52 @@ def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[s
     return {
         "webhook_events_redacted": events,
         "polled_records_redacted": records,
+        "quarantine_redacted": quarantined,
+        "quarantine_merged": merged,
         "data_exports_deleted": exports,
         "privacy_requests_redacted": cur.rowcount,
     }
+
+
+def _redact_quarantine(cur: psycopg2.extensions.cursor, params: dict[str, Any]) -> tuple[int, int]:
+    """Redact the customer's quarantined rows in place; (rows redacted, duplicates removed).
+
+    ``ops.quarantine`` is unique on the payload's md5 per shop and entity, and two versions that
+    differed only in personal data (say, two invalid phone numbers) are identical once redacted.
+    Such a version is deleted first (its twin, with the same facts, stays), so that the update
+    cannot violate the constraint and fail the whole request.
+    """
+    cur.execute(
+        f"""
+        with target as (
+            select q.quarantine_id, q.shop_id, q.entity,
+                   md5(ops.jsonb_redact(q.payload, %(personal_keys)s::text[])::text) as redacted_md5
+            from ops.quarantine q
+            where {_QUARANTINE_WHERE}
+        ),
+        ranked as (
+            select t.*, row_number() over (
+                       partition by t.shop_id, t.entity, t.redacted_md5 order by t.quarantine_id) as n
+            from target t
+        )
+        delete from ops.quarantine d
+        using ranked r
+        where d.quarantine_id = r.quarantine_id
+          and (r.n > 1
+               or exists (select 1 from ops.quarantine o
+                          where o.shop_id = r.shop_id and o.entity = r.entity
+                            and o.payload_md5 = r.redacted_md5
+                            and o.quarantine_id not in (select quarantine_id from target)))
+        """,
+        params,
+    )
+    merged = cur.rowcount
+    cur.execute(
+        f"update ops.quarantine q set payload = ops.jsonb_redact(q.payload, %(personal_keys)s::text[]) "
+        f"where {_QUARANTINE_WHERE}",
+        params,
+    )
+    return cur.rowcount, merged
 
 
 def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Target) -> dict[str, int]:
@@ -319,6 +380,19 @@ def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Tar
         params,
     )
     records = cur.fetchone()[0]
+    cur.execute(
+        f"""
+        select coalesce(jsonb_agg(jsonb_build_object(
+                   'platform', q.platform, 'entity', q.entity, 'record_id', q.record_id,
+                   'record_updated_at', q.record_updated_at, 'reasons', to_jsonb(q.reasons),
+                   'quarantined_at', q.quarantined_at, 'payload', q.payload)
+                   order by q.entity, q.record_id, q.quarantine_id), '[]')
+        from ops.quarantine q
+        where {_QUARANTINE_WHERE}
+        """,
+        params,
+    )
+    quarantined = cur.fetchone()[0]
     now = datetime.now(UTC)
     export = {
         "shop_id": target.shop_id,
@@ -326,6 +400,7 @@ def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Tar
         "generated_at": now.isoformat(),
         "webhook_events": events,
         "polled_records": records,
+        "quarantined_records": quarantined,
     }
     cur.execute(
         """
@@ -342,7 +417,11 @@ def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Tar
             Json(export),
         ),
     )
-    return {"webhook_events_exported": len(events), "polled_records_exported": len(records)}
+    return {
+        "webhook_events_exported": len(events),
+        "polled_records_exported": len(records),
+        "quarantine_exported": len(quarantined),
+    }
 
 
 def _shop_redact(cur: psycopg2.extensions.cursor, shop_id: str) -> dict[str, int]:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 
 import psycopg2
 import pytest
 
 from cart_recovery.database import Database
-from cart_recovery.simulator import DEFAULT_REFERENCE_TIME, Knobs, Simulator, run_simulator
-
-# The simulator's data ends at its reference time; a run whose interval ends there sees all of it.
-INTERVAL_END: datetime = DEFAULT_REFERENCE_TIME
+from cart_recovery.simulator import Knobs, Simulator, run_simulator
 
 
 def _forget_shops(url: str, shop_ids: list[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import INTERVAL_END
+from polling_helpers import INTERVAL_END
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "cart_ingest.py"
 
@@ -23,11 +23,15 @@ def test_dag_polls_every_shop_for_its_interval(simulator, airflow_db, warehouse,
 
     assert run.state == "success"
     with warehouse.cursor() as cur:
-        cur.execute("select shop_id, count(*) from raw.polled_records where shop_id = any(%s) group by 1",
-                    ([s.id for s in simulator.shops],))
+        cur.execute(
+            "select shop_id, count(*) from raw.polled_records where shop_id = any(%s) group by 1",
+            ([s.id for s in simulator.shops],),
+        )
         stored = dict(cur.fetchall())
-        cur.execute("select max(watermark) from ops.ingest_watermarks where shop_id = any(%s)",
-                    ([s.id for s in simulator.shops],))
+        cur.execute(
+            "select max(watermark) from ops.ingest_watermarks where shop_id = any(%s)",
+            ([s.id for s in simulator.shops],),
+        )
         (newest,) = cur.fetchone()
     assert set(stored) == {s.id for s in simulator.shops}
     assert newest <= INTERVAL_END

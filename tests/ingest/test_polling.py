@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import INTERVAL_END
+from polling_helpers import INTERVAL_END
 
 from cart_recovery.ingest.poll import ingest_shop
 from cart_recovery.platforms import RetryPolicy, client_for

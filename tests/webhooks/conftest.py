@@ -16,13 +16,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 from fastapi.testclient import TestClient
+from webhook_helpers import WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN
 
 from cart_recovery.database import Database
 from cart_recovery.webhooks.app import create_app
 from cart_recovery.webhooks.config import WebhookConfig
-
-WHATSAPP_APP_SECRET = "meta-app-secret-for-tests"
-WHATSAPP_VERIFY_TOKEN = "verify-me-please"
 
 
 @dataclass

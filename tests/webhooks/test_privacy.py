@@ -8,8 +8,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from conftest import WHATSAPP_APP_SECRET
 from webhook_helpers import (
+    WHATSAPP_APP_SECRET,
     dumps,
     fetch,
     hex_hmac,
@@ -301,3 +301,135 @@ def test_jsonb_redact_keeps_facts(db):
         "empty": {},
         "list": [],
     }
+
+
+# -- ops.quarantine: polled records that failed validation, kept verbatim with personal data ------
+
+
+def _quarantined(db, shop_id: str, entity: str, record_id: str, payload: dict, reasons: list[str]) -> None:
+    now = datetime.now(UTC)
+    fetch(
+        db,
+        "insert into ops.quarantine (platform, shop_id, entity, record_id, record_updated_at, reasons, "
+        "payload, interval_end, quarantined_at) values ('shopify', %s, %s, %s, %s, %s, %s, %s, %s) "
+        "returning 1",
+        shop_id,
+        entity,
+        record_id,
+        now,
+        reasons,
+        json.dumps(payload, ensure_ascii=False),
+        now,
+        now,
+    )
+
+
+def _quarantine(db, shop_id: str) -> list[tuple]:
+    return fetch(
+        db,
+        "select entity, record_id, reasons, payload from ops.quarantine where shop_id = %s "
+        "order by quarantine_id",
+        shop_id,
+    )
+
+
+@pytest.fixture
+def quarantined(shops, db):
+    """Ayşe's checkout quarantined for a bad phone, two versions of her customer record that
+    differ only in an invalid phone, and another customer's checkout with a bad currency."""
+    shop_id = shops.shopify.id
+    checkout = shopify_checkout(checkout_id=11, customer_id=AYSE["id"], email=AYSE["email"], phone="0555")
+    _quarantined(db, shop_id, "cart", "11", checkout, ["phone_e164"])
+    for bad_phone in ("0555 12", "0555 34"):
+        customer = {
+            "id": AYSE["id"],
+            "email": None,
+            "phone": bad_phone,
+            "first_name": "Ayşe",
+            "last_name": "Yılmaz",
+            "updated_at": "2026-11-20T00:00:00Z",
+        }
+        _quarantined(db, shop_id, "customer", str(AYSE["id"]), customer, ["phone_e164"])
+    other = shopify_checkout(
+        checkout_id=12,
+        customer_id=OTHER["id"],
+        email=OTHER["email"],
+        phone=OTHER["phone"],
+        first_name="Zeynep",
+        last_name="Demir",
+    )
+    _quarantined(db, shop_id, "cart", "12", {**other, "currency": "TL"}, ["currency_iso_4217"])
+    # The same customer's checkout quarantined in another shop is not this shop's to erase.
+    _quarantined(db, shops.woocommerce.id, "cart", "11", checkout, ["phone_e164"])
+
+
+def test_customers_redact_covers_quarantine(client, shops, db, quarantined):
+    shop_id = shops.shopify.id
+    _send(client, shops, "customers/data_request", _request(shops))
+    [(export,)] = fetch(db, "select export from ops.data_exports where shop_id = %s", shop_id)
+    assert sorted(r["record_id"] for r in export["quarantined_records"]) == [
+        "11",
+        str(AYSE["id"]),
+        str(AYSE["id"]),
+    ]
+    assert export["quarantined_records"][0]["reasons"] == ["phone_e164"]
+
+    _send(client, shops, "customers/redact", _request(shops))
+
+    [*_, (topic, status, _, result, error, _)] = _requests(db, shop_id)
+    assert (topic, status, error) == ("customers/redact", "completed", None)
+    # Her checkout and one customer version redacted; the other version became its twin.
+    assert (result["quarantine_redacted"], result["quarantine_merged"]) == (2, 1)
+    rows = _quarantine(db, shop_id)
+    text = json.dumps([r[3] for r in rows if r[:2] != ("cart", "12")], ensure_ascii=False)
+    for personal in ("Ayşe", "Yılmaz", AYSE["email"], "Bağdat", "0555 12", "0555 34", "/recover"):
+        assert personal not in text, personal
+    by_record = {(entity, record_id): (reasons, payload) for entity, record_id, reasons, payload in rows}
+    assert len(rows) == 3 and len(by_record) == 3
+    # Facts stay, so the quarantine report still adds up.
+    reasons, checkout = by_record[("cart", "11")]
+    assert reasons == ["phone_e164"]
+    assert (checkout["id"], checkout["total_price"], checkout["currency"]) == (11, "899.90", "TRY")
+    assert checkout["customer"]["id"] == AYSE["id"] and checkout["customer"]["email"] is None
+    assert checkout["line_items"][0]["title"] == "Linen Shirt"
+    _, customer = by_record[("customer", str(AYSE["id"]))]
+    assert customer["first_name"] is None and customer["updated_at"] == "2026-11-20T00:00:00Z"
+    # The other customer is untouched, and so is the other shop's row.
+    _, other = by_record[("cart", "12")]
+    assert other["email"] == OTHER["email"] and other["customer"]["first_name"] == "Zeynep"
+    [(_, _, _, elsewhere)] = _quarantine(db, shops.woocommerce.id)
+    assert elsewhere["email"] == AYSE["email"]
+
+    # A repeated redaction of the same customer changes nothing more and does not fail.
+    _send(client, shops, "customers/redact", _request(shops))
+    assert _requests(db, shop_id)[-1][1] == "completed"
+    assert _quarantine(db, shop_id) == rows
+
+
+def test_shop_redact_deletes_quarantine_and_polling_bookkeeping(client, shops, db, quarantined):
+    shop_id = shops.shopify.id
+    now = datetime.now(UTC)
+    fetch(
+        db,
+        "insert into ops.ingest_watermarks (shop_id, entity, watermark, updated_at) "
+        "values (%s, 'cart', %s, %s) returning 1",
+        shop_id,
+        now,
+        now,
+    )
+    fetch(
+        db,
+        "insert into ops.validation_runs (shop_id, entity, interval_end, platform, fetched, loaded, "
+        "unchanged, quarantined, failures, finished_at) "
+        "values (%s, 'cart', %s, 'shopify', 4, 0, 0, 4, '{}', %s) returning 1",
+        shop_id,
+        now,
+        now,
+    )
+    _send(client, shops, "shop/redact", {"shop_id": 954889, "shop_domain": shops.shopify.domain})
+
+    [(_, status, _, result, _, _)] = _requests(db, shop_id)
+    assert status == "completed" and result["ops.quarantine_deleted"] == 4
+    for table in ("ops.quarantine", "ops.ingest_watermarks", "ops.validation_runs"):
+        assert fetch(db, f"select count(*) from {table} where shop_id = %s", shop_id) == [(0,)], table
+    assert len(_quarantine(db, shops.woocommerce.id)) == 1

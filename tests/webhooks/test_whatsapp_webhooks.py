@@ -7,8 +7,14 @@ import hashlib
 import uuid
 
 import pytest
-from conftest import WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN
-from webhook_helpers import dumps, fetch, hex_hmac, whatsapp_batch
+from webhook_helpers import (
+    WHATSAPP_APP_SECRET,
+    WHATSAPP_VERIFY_TOKEN,
+    dumps,
+    fetch,
+    hex_hmac,
+    whatsapp_batch,
+)
 
 
 def _post(client, body: bytes, *, signature: str | None = None, content_type: str = "application/json"):

@@ -11,6 +11,9 @@ import uuid
 
 import psycopg2.extensions
 
+WHATSAPP_APP_SECRET = "meta-app-secret-for-tests"
+WHATSAPP_VERIFY_TOKEN = "verify-me-please"
+
 
 def shopify_checkout(
     *,

@@ -17,8 +17,22 @@ def _dbt_incremental(quick: bool) -> dict[str, Any]:
     return dbt_incremental.main(history=50_000 if quick else 1_000_000, new=500 if quick else 10_000)
 
 
+def _webhook_ingest(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import webhook_ingest
+
+    return webhook_ingest.main(duration_s=10 if quick else 60)
+
+
+def _polling_load(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import polling_load
+
+    return polling_load.main(carts=10_000 if quick else 100_000)
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "dbt_incremental": _dbt_incremental,
+    "webhook_ingest": _webhook_ingest,
+    "polling_load": _polling_load,
 }
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from cart_recovery.shops import Platform
 from cart_recovery.simulator.data import Cart, Customer, Order, Product, iso
-from cart_recovery.simulator.state import SimulatorState, in_window, page
+from cart_recovery.simulator.state import SimulatorState, page
 
 MAX_LIMIT = 100
 
@@ -179,7 +179,14 @@ def router(state: SimulatorState) -> APIRouter:
                 until_at = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else None
             except ValueError as exc:
                 return JSONResponse({"errorMessage": f"Invalid parameter: {exc}"}, status_code=400)
-            chosen = in_window(source(data), lambda r: r.updated_at, since_at, until_at)
+            chosen = state.listing(
+                (shop_id, resource),
+                lambda: source(data),
+                lambda r: r.updated_at,
+                since_at,
+                until_at,
+                first_page=number <= 1,
+            )
             return JSONResponse(
                 [render(r) for r in page(chosen, number, limit)], headers={"Total-Count": str(len(chosen))}
             )

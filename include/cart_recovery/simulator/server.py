@@ -151,10 +151,21 @@ def run_simulator(
     defects: int = 0,
     knobs: Knobs | None = None,
     reference_time: datetime = DEFAULT_REFERENCE_TIME,
+    shop_ids: list[str] | None = None,
 ) -> Iterator[Simulator]:
-    """Serve the fake shop APIs on ``host:port`` (0: any free port) until the block ends."""
+    """Serve the fake shop APIs on ``host:port`` (0: any free port) until the block ends.
+
+    ``shop_ids`` limits the simulator to some of the default shops (e.g. one big Shopify shop for
+    the polling benchmark, without generating the other three).
+    """
+    shops = default_shops(seed)
+    if shop_ids is not None:
+        unknown = set(shop_ids) - {shop.id for shop in shops}
+        if unknown:
+            raise ValueError(f"no simulated shops {sorted(unknown)}; choose from {[s.id for s in shops]}")
+        shops = [shop for shop in shops if shop.id in shop_ids]
     state = SimulatorState(
-        shops=generate(seed, carts_per_shop, defects=defects, reference_time=reference_time),
+        shops=generate(seed, carts_per_shop, defects=defects, reference_time=reference_time, shops=shops),
         knobs=knobs or Knobs(),
     )
     sock = _bind(host, port)

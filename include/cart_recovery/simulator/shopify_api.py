@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from cart_recovery.shops import Platform
 from cart_recovery.simulator.data import Cart, Customer, Order, Product, ShopData, iso
-from cart_recovery.simulator.state import SimulatorState, in_window
+from cart_recovery.simulator.state import SimulatorState
 
 API_VERSION = "2024-10"
 _ROOT_FIELD = re.compile(r"\b(abandonedCheckouts|customers|orders|products)\s*\(")
@@ -205,6 +205,10 @@ def _arguments(query: str, variables: dict) -> dict:
     return args
 
 
+def _updated_at(record: Cart | Customer | Order | Product) -> datetime:
+    return record.updated_at
+
+
 def _cursor(offset: int) -> str:
     return base64.b64encode(f"offset:{offset}".encode()).decode()
 
@@ -215,7 +219,7 @@ def _offset(cursor: str | None) -> int:
     return int(base64.b64decode(cursor).decode().split(":", 1)[1])
 
 
-def _connection(data: ShopData, field_name: str, args: dict) -> dict:
+def _connection(state: SimulatorState, data: ShopData, field_name: str, args: dict) -> dict:
     shop = data.shop
     sources = {
         "abandonedCheckouts": (data.carts, lambda r: gql_checkout(r, shop.domain)),
@@ -225,9 +229,17 @@ def _connection(data: ShopData, field_name: str, args: dict) -> dict:
     }
     records, render = sources[field_name]
     since, until, exclusive = _window(args.get("query"))
-    chosen = in_window(records, lambda r: r.updated_at, since, until, exclusive_since=exclusive)
     first = min(int(args.get("first") or 50), MAX_PAGE)
     start = _offset(args.get("after"))
+    chosen = state.listing(
+        (shop.id, field_name),
+        lambda: records,
+        _updated_at,
+        since,
+        until,
+        exclusive_since=exclusive,
+        first_page=start == 0,
+    )
     window = chosen[start : start + first]
     edges = [{"cursor": _cursor(start + n + 1), "node": render(r)} for n, r in enumerate(window)]
     return {
@@ -267,7 +279,7 @@ def router(state: SimulatorState) -> APIRouter:
         args = _arguments(query[match.end() :], body.get("variables") or {})
         return JSONResponse(
             {
-                "data": {field_name: _connection(data, field_name, args)},
+                "data": {field_name: _connection(state, data, field_name, args)},
                 "extensions": {
                     "cost": {
                         "requestedQueryCost": 52,

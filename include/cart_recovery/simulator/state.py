@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +16,7 @@ from cart_recovery.shops import Platform
 from cart_recovery.simulator.data import ShopData
 
 T = TypeVar("T")
+MAX_LISTINGS = 64
 
 
 @dataclass
@@ -34,6 +35,8 @@ class SimulatorState:
     knobs: Knobs = field(default_factory=Knobs)
     requests: Counter = field(default_factory=Counter)  # (shop_id, label) -> count
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Listings being paged through: (shop, listing, window) -> the matching records, oldest first.
+    _listings: OrderedDict = field(default_factory=OrderedDict)
 
     def shop(self, shop_id: str, platform: Platform) -> ShopData:
         data = self.shops.get(shop_id)
@@ -45,6 +48,38 @@ class SimulatorState:
         with self._lock:
             self.requests[(shop_id, label)] += 1
             return self.requests[(shop_id, label)]
+
+    def listing(
+        self,
+        key: tuple,
+        records: Callable[[], Iterable[T]],
+        updated: Callable[[T], datetime],
+        since: datetime | None,
+        until: datetime | None,
+        *,
+        exclusive_since: bool = False,
+        first_page: bool,
+    ) -> list[T]:
+        """The records of one listing inside its window, oldest first, selected once per listing.
+
+        The first page selects and sorts (as a real API runs the query); the following pages of the
+        same listing and window reuse that selection, so that paging through N records costs
+        O(N log N) in total, not per page. A new listing (first page) always sees the current data,
+        so tests may change records between polls. Only references are kept, for the last
+        ``MAX_LISTINGS`` listings.
+        """
+        key = (*key, since, until, exclusive_since)
+        with self._lock:
+            chosen = None if first_page else self._listings.get(key)
+            if chosen is not None:
+                self._listings.move_to_end(key)
+                return chosen
+        chosen = in_window(records(), updated, since, until, exclusive_since=exclusive_since)
+        with self._lock:
+            self._listings[key] = chosen
+            while len(self._listings) > MAX_LISTINGS:
+                self._listings.popitem(last=False)
+        return chosen
 
     def injected_failure(self, shop_id: str) -> Response | None:
         """The 429 or 503 that the knobs ask for on this request, if any."""

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from cart_recovery.shops import Platform
 from cart_recovery.simulator.data import Cart, Customer, Order, ShopData
-from cart_recovery.simulator.state import SimulatorState, in_window
+from cart_recovery.simulator.state import SimulatorState
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 TEMPURI = "http://tempuri.org/"
@@ -164,7 +164,14 @@ def _answer(state: SimulatorState, data: ShopData, service: str, body: bytes) ->
         size = min(int(params.get("KayitSayisi") or MAX_PAGE), MAX_PAGE)
     except ValueError as exc:
         return fault(f"Invalid parameter: {exc}")
-    chosen = in_window(source(data), lambda r: r.updated_at, since, until)[start : start + size]
+    chosen = state.listing(
+        (data.shop.id, service, name),
+        lambda: source(data),
+        lambda r: r.updated_at,
+        since,
+        until,
+        first_page=start == 0,
+    )[start : start + size]
     items = "".join(_element(item, render(r, tz)) for r in chosen)
     result = (
         f'<{name}Response xmlns="{TEMPURI}"><{name}Result xmlns:a="{DATA_NS}" '

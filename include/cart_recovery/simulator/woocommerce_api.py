@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from cart_recovery.shops import Platform
 from cart_recovery.simulator.data import Cart, Customer, Order, Product, iso_gmt
-from cart_recovery.simulator.state import SimulatorState, in_window, page
+from cart_recovery.simulator.state import SimulatorState, page
 
 MAX_PER_PAGE = 100
 
@@ -160,7 +160,15 @@ def router(state: SimulatorState) -> APIRouter:
                     },
                     status_code=400,
                 )
-            chosen = in_window(source(data), lambda r: r.updated_at, since, until, exclusive_since=True)
+            chosen = state.listing(
+                (shop_id, resource),
+                lambda: source(data),
+                lambda r: r.updated_at,
+                since,
+                until,
+                exclusive_since=True,
+                first_page=number <= 1,
+            )
             total = len(chosen)
             body = [render(r, data.shop.domain) for r in page(chosen, number, per_page)]
             return JSONResponse(

@@ -1,7 +1,7 @@
 """Writes webhook events into ``raw.webhook_events`` through a pool of PostgreSQL connections.
 
 One ``INSERT ... ON CONFLICT DO NOTHING`` per request (one statement for all the deliveries of a
-WhatsApp batch), committed before the caller answers 2xx. The pool is created lazily, so the
+WhatsApp batch), committed before the caller answers 2xx. Connections are opened lazily, so the
 service starts (and answers 503) while the database is down, and a connection that failed is
 closed and dropped from the pool instead of being handed out again, so the service reconnects by
 itself once the database is back.
@@ -19,7 +19,6 @@ from datetime import datetime
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
-import psycopg2.pool
 
 log = logging.getLogger(__name__)
 
@@ -55,43 +54,73 @@ _INSERT_ONE = _INSERT_MANY.replace("values %s", "values (%s, %s, %s, %s, %s, %s)
 
 
 class EventStore:
+    """A small pool of PostgreSQL connections kept open between requests.
+
+    (psycopg2's own ``ThreadedConnectionPool`` keeps at most ``minconn`` idle connections and
+    closes every other one when it is returned, and it connects while holding its lock: with
+    ``minconn=0`` every webhook paid for a new connection, one at a time.)
+
+    Connections are opened lazily, outside the lock, at most ``max_connections`` at once; an
+    idle one is reused, last returned first. A connection that failed is closed, and so is every
+    idle one (they have most likely died with it, e.g. in a database restart).
+    """
+
     def __init__(self, dsn: str, *, max_connections: int = 40) -> None:
         self._dsn = dsn
         self._max = max_connections
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
-        self._pool_lock = threading.Lock()
-        # ThreadedConnectionPool raises at once when exhausted; waiting a little is kinder.
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._lock = threading.Lock()
+        # Waiting a little for a free connection is kinder than refusing at once.
         self._slots = threading.BoundedSemaphore(max_connections)
 
     # -- connections ---------------------------------------------------------------------------
-    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
-        if self._pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = psycopg2.pool.ThreadedConnectionPool(
-                        0,
-                        self._max,
-                        self._dsn,
-                        connect_timeout=_CONNECT_TIMEOUT_S,
-                        options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
-                        application_name="cart-recovery-webhooks",
-                    )
-        return self._pool
+    def _connect(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(
+            self._dsn,
+            connect_timeout=_CONNECT_TIMEOUT_S,
+            options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
+            application_name="cart-recovery-webhooks",
+        )
+
+    def _take(self, fresh: bool) -> psycopg2.extensions.connection:
+        conn = None
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    conn = self._idle.pop()
+        return conn if conn is not None else self._connect()
+
+    def _give_back(self, conn: psycopg2.extensions.connection, broken: bool) -> None:
+        if broken:
+            self._discard_idle()
+        elif not conn.closed and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            with self._lock:
+                self._idle.append(conn)
+            return
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+
+    def _discard_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+    def connection(self, *, fresh: bool = False) -> Iterator[psycopg2.extensions.connection]:
         """A pooled connection inside a transaction: committed on success, rolled back on error.
 
         Any psycopg2 OperationalError/InterfaceError (server gone, restarted, unreachable) becomes
         DatabaseUnavailable and the connection is closed rather than returned to the pool.
+        ``fresh`` opens a new connection instead of reusing an idle one.
         """
         if not self._slots.acquire(timeout=_POOL_WAIT_S):
             raise PoolExhausted(f"all {self._max} database connections stayed busy for {_POOL_WAIT_S} s")
         conn = None
         broken = False
         try:
-            pool = self._get_pool()
-            conn = pool.getconn()
+            conn = self._take(fresh)
             if conn.closed:
                 broken = True
                 raise DatabaseUnavailable("pooled connection was closed")
@@ -101,13 +130,12 @@ class EventStore:
             broken = True
             raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
         finally:
-            if conn is not None and self._pool is not None:
-                with contextlib.suppress(psycopg2.pool.PoolError):  # the pool was closed meanwhile
-                    self._pool.putconn(conn, close=broken or bool(conn.closed))
+            if conn is not None:
+                self._give_back(conn, broken or bool(conn.closed))
             self._slots.release()
 
     def run(self, work):
-        """Run ``work(conn)`` in a transaction; once more on a fresh connection if the pooled one
+        """Run ``work(conn)`` in a transaction; once more on a new connection if the pooled one
         turned out to be dead (after a database restart every idle connection is). Safe because
         everything written through here is idempotent (ON CONFLICT DO NOTHING)."""
         try:
@@ -117,14 +145,12 @@ class EventStore:
             raise
         except DatabaseUnavailable:
             log.info("Database connection failed; retrying once on a new connection")
-        with self.connection() as conn:
+        with self.connection(fresh=True) as conn:
             return work(conn)
 
     def close(self) -> None:
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.closeall()
-                self._pool = None
+        """Close the idle connections (a later request opens new ones)."""
+        self._discard_idle()
 
     # -- writes --------------------------------------------------------------------------------
     def insert(self, events: Sequence[WebhookEvent]) -> int:

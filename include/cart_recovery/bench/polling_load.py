@@ -188,7 +188,10 @@ def run(*, carts: int = 100_000, profile: bool = False) -> dict[str, Any]:
                 "platform": "shopify (GraphQL abandonedCheckouts, simulator in a child process)",
                 "page_size": PAGE_SIZE,
                 "load_batch_size": DEFAULT_BATCH_SIZE,
-                "path": "ingest_shop -> ShopifyClient (HttpHook) -> great-expectations -> execute_values",
+                "path": (
+                    "ingest_shop -> ShopifyClient (HttpHook, prefetching thread) -> great-expectations"
+                    " -> COPY to staging + insert ... on conflict do nothing"
+                ),
             },
             "simulator": {
                 "generate_seconds": child.info["generated_s"],

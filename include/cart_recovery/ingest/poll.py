@@ -14,15 +14,20 @@ watermark where it was and the retry re-fetches (and skips) what was already sto
 
 from __future__ import annotations
 
+import gc
 import logging
+import queue
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from itertools import islice
 
 import psycopg2
 
 from cart_recovery.ingest import store
+from cart_recovery.ingest.validation import prepare as prepare_validation
 from cart_recovery.ingest.validation import validate_batch
 from cart_recovery.platforms import PlatformClient, PolledRecord, Window, client_for
 from cart_recovery.shops import Shop
@@ -30,6 +35,7 @@ from cart_recovery.shops import Shop
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 2_000
+PREFETCH_BATCHES = 2  # batches fetched ahead of the one being validated and loaded
 
 
 def _batches(records: Iterable[PolledRecord], size: int) -> Iterator[list[PolledRecord]]:
@@ -38,14 +44,80 @@ def _batches(records: Iterable[PolledRecord], size: int) -> Iterator[list[Polled
         yield batch
 
 
+_DONE = object()
+
+
+def _prefetched(batches: Iterator[list], depth: int = PREFETCH_BATCHES) -> Iterator[list]:
+    """Yield ``batches`` while a background thread already fetches the next ones.
+
+    The shop's API answers (and its pages are decoded and converted) while this thread validates
+    and loads the previous batch. The queue holds at most ``depth`` batches, so memory stays
+    bounded: at most ``depth`` queued + one being built + one being loaded. An error in the
+    fetching thread is raised here, in the caller; when the caller stops early (an error while
+    loading, or ``close()``), the fetching thread is told to stop and is joined, and the
+    client's generator is closed in the thread that ran it.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="poll-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def _dedupe(batch: list[PolledRecord]) -> list[PolledRecord]:
-    """Drop exact repeats of a version within a batch (offset paging can return one twice)."""
-    seen: set[tuple] = set()
+    """Drop exact repeats of a version within a batch (offset paging can return one twice).
+
+    The payloads are compared (by ``repr``) only among records sharing id and update time.
+    """
+    first: dict[tuple, PolledRecord] = {}
+    payloads: dict[tuple, set[str]] = {}
     unique = []
     for record in batch:
-        key = (record.record_id, record.updated_at, repr(record.payload))
-        if key not in seen:
-            seen.add(key)
+        key = (record.record_id, record.updated_at)
+        earlier = first.get(key)
+        if earlier is None:
+            first[key] = record
+            unique.append(record)
+            continue
+        seen = payloads.get(key)
+        if seen is None:
+            seen = payloads[key] = {repr(earlier.payload)}
+        text = repr(record.payload)
+        if text not in seen:
+            seen.add(text)
             unique.append(record)
     return unique
 
@@ -74,36 +146,38 @@ def ingest_entity(
         )
     else:
         window = Window(since=since, until=interval_end)
-        for batch in _batches(client.fetch(entity, window), batch_size):
-            batch = _dedupe(batch)
-            verdict = validate_batch(entity, batch, interval_end)
-            fetched_at = datetime.now(UTC)  # audit only: when the rows arrived
-            with conn, conn.cursor() as cur:
-                loaded = store.insert_records(
-                    cur,
-                    platform=shop.platform.value,
-                    shop_id=shop.id,
-                    records=verdict.good,
-                    fetched_at=fetched_at,
-                )
-                store.quarantine(
-                    cur,
-                    platform=shop.platform.value,
-                    shop_id=shop.id,
-                    rejected=verdict.bad,
-                    interval_end=interval_end,
-                    quarantined_at=fetched_at,
-                )
-            counts["fetched"] += len(batch)
-            counts["loaded"] += loaded
-            counts["unchanged"] += len(verdict.good) - loaded
-            counts["quarantined"] += len(verdict.bad)
-            failures.update(verdict.failures)
-            stamps = [
-                r.updated_at for r in batch if r.updated_at is not None and r.updated_at <= interval_end
-            ]
-            if stamps:
-                newest = max([*stamps, newest] if newest else stamps)
+        batches = _prefetched(_batches(client.fetch(entity, window), batch_size))
+        with closing(batches):  # stops and joins the fetching thread if a load fails
+            for batch in batches:
+                batch = _dedupe(batch)
+                verdict = validate_batch(entity, batch, interval_end)
+                fetched_at = datetime.now(UTC)  # audit only: when the rows arrived
+                with conn, conn.cursor() as cur:
+                    loaded = store.insert_records(
+                        cur,
+                        platform=shop.platform.value,
+                        shop_id=shop.id,
+                        records=verdict.good,
+                        fetched_at=fetched_at,
+                    )
+                    store.quarantine(
+                        cur,
+                        platform=shop.platform.value,
+                        shop_id=shop.id,
+                        rejected=verdict.bad,
+                        interval_end=interval_end,
+                        quarantined_at=fetched_at,
+                    )
+                counts["fetched"] += len(batch)
+                counts["loaded"] += loaded
+                counts["unchanged"] += len(verdict.good) - loaded
+                counts["quarantined"] += len(verdict.bad)
+                failures.update(verdict.failures)
+                stamps = [
+                    r.updated_at for r in batch if r.updated_at is not None and r.updated_at <= interval_end
+                ]
+                if stamps:
+                    newest = max([*stamps, newest] if newest else stamps)
     watermark = min(newest, interval_end) if newest else since
     with conn, conn.cursor() as cur:
         if newest is not None:
@@ -133,6 +207,26 @@ def ingest_entity(
         watermark.isoformat() if watermark else None,
     )
     return summary
+
+
+@contextmanager
+def _long_lived_heap_frozen() -> Iterator[None]:
+    """Keep the cyclic garbage collector off the heap that exists before polling starts.
+
+    A task process holds hundreds of thousands of long-lived objects (Airflow, pandas,
+    great-expectations and its suites). Decoding a page allocates tens of thousands of
+    containers, which triggers full collections, and every one of them walked that whole heap
+    again: measured, a third of the poll's time went to it. ``gc.freeze()`` (after collecting
+    what is already garbage) moves that heap out of the collector's sight for the duration of
+    the poll; reference counting still frees everything as usual, and the records of the poll
+    itself are still collected. The heap is handed back to the collector afterwards.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def warehouse_url(conn_id: str | None = None) -> str:
@@ -168,12 +262,14 @@ def ingest_shop(
     if unknown:
         raise ValueError(f"{shop.platform} shops are not polled for {unknown}; choose from {client.entities}")
     report: dict = {}
+    prepare_validation(chosen)  # the suites belong to the long-lived heap frozen below
     conn = psycopg2.connect(conn_url)
     try:
-        for entity in chosen:
-            report[entity] = ingest_entity(
-                client, conn, entity, interval_end=interval_end, batch_size=batch_size
-            )
+        with _long_lived_heap_frozen():
+            for entity in chosen:
+                report[entity] = ingest_entity(
+                    client, conn, entity, interval_end=interval_end, batch_size=batch_size
+                )
     finally:
         conn.close()
     report["http"] = dict(client.stats)

@@ -1,0 +1,370 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='cart_key',
+        incremental_strategy='delete+insert',
+        indexes=[
+            {'columns': ['cart_key'], 'unique': True},
+            {'columns': ['customer_key']},
+            {'columns': ['source_landed_at']},
+            {'columns': ['abandoned_at']},
+        ],
+    )
+}}
+
+-- Carts with their abandonment, the customer's history before the cart, the segments and the
+-- holdout assignment. One row per cart (abandoned or not: history needs every cart).
+--
+-- Every column is a function of the landed data, never of the build time or as_of (the marts
+-- apply as_of), so a rebuild gives the same answer. Incremental: every cart of each customer
+-- with a cart or order landed since the watermark (history, completion, superseding and the
+-- coupon cap all look across the customer's carts).
+-- Segment rules (windows and factors from the segment_policy seed):
+--   is_first_time        no placed order and no abandonment before the cart was created
+--   is_repeat_abandoner  an abandonment of the same customer within repeat_abandoner.window_days
+--                        before the cart was created
+--   is_high_value        cart_value >= the shop's 90th percentile of cart values over the
+--                        high_value.window_days before the cart's (UTC, ISO) week, with at least
+--                        var high_value_min_sample carts; or >= var high_value_cart_value
+--   is_pre_sale          the cart's last activity (shop-local date) is inside the window_days
+--                        before a sale event of sale_calendar
+--   is_gift_deadline     same, before a gift deadline
+--   is_near_free_shipping  cart_value in [near_free_shipping_min_ratio * threshold, threshold)
+--   is_guest             no platform customer account (matched by id, email or phone)
+--   is_in_coupon_cooldown  a coupon-driven recovery of the customer within
+--                        coupon_cooldown.window_days before the cart was created
+{% if is_incremental() %}
+with changed_customers as (
+
+    select customer_key from {{ ref('int_carts_resolved') }}
+    where source_landed_at >= {{ landed_watermark() }}
+    union
+    select customer_key from {{ ref('int_orders_resolved') }}
+    where source_landed_at >= {{ landed_watermark() }}
+
+),
+
+carts as (
+{% else %}
+with carts as (
+{% endif %}
+
+    select * from {{ ref('int_carts_resolved') }}
+    {% if is_incremental() %}
+    where customer_key in (select customer_key from changed_customers)
+    {% endif %}
+
+),
+
+orders as (
+
+    select * from {{ ref('int_orders_resolved') }}
+    where is_placed
+    {% if is_incremental() %}
+        and customer_key in (select customer_key from changed_customers)
+    {% endif %}
+
+),
+
+customers_landed as (
+
+    select customer_key, max(source_landed_at) as source_landed_at
+    from (
+        select customer_key, source_landed_at from carts
+        union all
+        select customer_key, source_landed_at from {{ ref('int_orders_resolved') }}
+        {% if is_incremental() %}
+        where customer_key in (select customer_key from changed_customers)
+        {% endif %}
+    ) as inputs
+    group by customer_key
+
+),
+
+stages as (
+
+    select * from {{ ref('recovery_stages') }}
+
+),
+
+calendar as (
+
+    select * from {{ ref('sale_calendar') }}
+
+),
+
+policy as (
+
+    select
+        max(case when segment = 'repeat_abandoner' then window_days end) as repeat_abandoner_days,
+        max(case when segment = 'high_value' then window_days end) as high_value_days,
+        max(case when segment = 'coupon_cooldown' then window_days end) as coupon_cooldown_days,
+        min(case when segment = 'gift_deadline' then delay_multiplier end) as gift_deadline_multiplier
+    from {{ ref('segment_policy') }}
+
+),
+
+first_stage as (
+
+    select delay_minutes from stages order by stage limit 1
+
+),
+
+carts_in_calendar as (
+
+    select
+        carts.*,
+        exists (
+            select 1 from calendar
+            where calendar.event_kind = 'sale'
+                and (carts.last_activity_at at time zone carts.timezone)::date
+                    >= calendar.event_date - calendar.window_days
+                and (carts.last_activity_at at time zone carts.timezone)::date < calendar.event_date
+        ) as is_pre_sale,
+        exists (
+            select 1 from calendar
+            where calendar.event_kind = 'gift_deadline'
+                and (carts.last_activity_at at time zone carts.timezone)::date
+                    >= calendar.event_date - calendar.window_days
+                and (carts.last_activity_at at time zone carts.timezone)::date < calendar.event_date
+        ) as is_gift_deadline,
+        (
+            select min(calendar.event_date::timestamp at time zone carts.timezone)
+            from calendar
+            where calendar.event_kind = 'sale'
+                and calendar.event_date > (carts.last_activity_at at time zone carts.timezone)::date
+        ) as next_sale_starts_at
+    from carts
+
+),
+
+carts_with_abandonment as (
+
+    select
+        carts_in_calendar.*,
+        case
+            when is_gift_deadline then least(1.0, coalesce(policy.gift_deadline_multiplier, 1.0))
+            else 1.0
+        end as delay_multiplier,
+        last_activity_at
+            + make_interval(mins => 1) * first_stage.delay_minutes
+            * case
+                when is_gift_deadline then least(1.0, coalesce(policy.gift_deadline_multiplier, 1.0))
+                else 1.0
+            end as abandoned_at
+    from carts_in_calendar
+    cross join policy
+    cross join first_stage
+
+),
+
+carts_flagged as (
+
+    select
+        *,
+        -- abandoned: idle past the (first stage) threshold without being completed by then
+        (completed_at is null or completed_at > abandoned_at) as was_ever_abandoned
+    from carts_with_abandonment
+
+),
+
+coupon_recoveries as (
+
+    -- an order with a coupon placed within the attribution window after an abandonment of the
+    -- same customer
+    select distinct orders.order_key, orders.customer_key, orders.ordered_at
+    from orders
+    inner join carts_flagged
+        on carts_flagged.customer_key = orders.customer_key
+        and carts_flagged.was_ever_abandoned
+        and carts_flagged.abandoned_at < orders.ordered_at
+        and carts_flagged.abandoned_at
+            >= orders.ordered_at - make_interval(days => {{ var('recovery_attribution_days') }})
+    where orders.has_coupon
+
+),
+
+order_history as (
+
+    select
+        carts.cart_key,
+        count(orders.order_key) as prior_orders_count,
+        coalesce(sum(orders.order_total), 0) as prior_revenue,
+        count(orders.order_key) filter (where orders.has_coupon) as prior_coupons_used
+    from carts_flagged as carts
+    inner join orders
+        on orders.customer_key = carts.customer_key
+        and orders.ordered_at < carts.created_at
+    group by carts.cart_key
+
+),
+
+recovery_history as (
+
+    select
+        carts.cart_key,
+        count(*) as prior_coupon_recoveries_count,
+        max(coupon_recoveries.ordered_at) as last_coupon_recovery_at
+    from carts_flagged as carts
+    inner join coupon_recoveries
+        on coupon_recoveries.customer_key = carts.customer_key
+        and coupon_recoveries.ordered_at < carts.created_at
+    group by carts.cart_key
+
+),
+
+abandonment_history as (
+
+    select
+        carts.cart_key,
+        count(*) as prior_abandonments_count,
+        max(earlier.abandoned_at) as last_prior_abandoned_at
+    from carts_flagged as carts
+    inner join carts_flagged as earlier
+        on earlier.customer_key = carts.customer_key
+        and earlier.cart_key <> carts.cart_key
+        and earlier.was_ever_abandoned
+        and earlier.abandoned_at < carts.created_at
+    group by carts.cart_key
+
+),
+
+newer_carts as (
+
+    select
+        carts.cart_key,
+        min(newer.created_at) as superseded_at
+    from carts_flagged as carts
+    inner join carts_flagged as newer
+        on newer.customer_key = carts.customer_key
+        and newer.cart_key <> carts.cart_key
+        and (newer.created_at, newer.cart_key) > (carts.created_at, carts.cart_key)
+    group by carts.cart_key
+
+),
+
+shop_weeks as (
+
+    select distinct
+        shop_id,
+        date_trunc('week', last_activity_at at time zone 'UTC')::date as activity_week
+    from carts_flagged
+
+),
+
+shop_week_thresholds as (
+
+    select
+        shop_weeks.shop_id,
+        shop_weeks.activity_week,
+        window_values.p90_cart_value,
+        window_values.carts_count
+    from shop_weeks
+    cross join policy
+    cross join lateral (
+        select
+            percentile_cont(0.9) within group (order by earlier.cart_value) as p90_cart_value,
+            count(*) as carts_count
+        from {{ ref('int_carts_resolved') }} as earlier
+        where earlier.shop_id = shop_weeks.shop_id
+            and earlier.cart_value is not null
+            and earlier.last_activity_at
+                >= (shop_weeks.activity_week - coalesce(policy.high_value_days, 90))::timestamp at time zone 'UTC'
+            and earlier.last_activity_at < shop_weeks.activity_week::timestamp at time zone 'UTC'
+    ) as window_values
+
+),
+
+final as (
+
+    select
+        -- ids
+        carts.cart_key,
+        carts.customer_key,
+        carts.shop_id,
+        carts.platform,
+        carts.source_cart_id,
+        carts.customer_platform_id,
+
+        -- strings
+        carts.email,
+        carts.phone,
+        carts.first_name,
+        carts.last_name,
+        carts.language,
+        carts.timezone,
+        carts.currency,
+        carts.cart_url,
+        carts.line_items,
+        carts.ingest_path,
+
+        -- numerics
+        carts.cart_value,
+        carts.free_shipping_threshold,
+        carts.delay_multiplier,
+        thresholds.p90_cart_value as shop_p90_cart_value,
+        coalesce(order_history.prior_orders_count, 0) as prior_orders_count,
+        coalesce(order_history.prior_revenue, 0) as prior_revenue,
+        coalesce(order_history.prior_coupons_used, 0) as prior_coupons_used,
+        coalesce(abandonment_history.prior_abandonments_count, 0) as prior_abandonments_count,
+        coalesce(recovery_history.prior_coupon_recoveries_count, 0) as prior_coupon_recoveries_count,
+
+        -- booleans
+        carts.email_consent,
+        carts.message_consent,
+        carts.completed_at is not null as is_completed,
+        carts.was_ever_abandoned,
+        coalesce(order_history.prior_orders_count, 0) = 0
+            and coalesce(abandonment_history.prior_abandonments_count, 0) = 0 as is_first_time,
+        coalesce(
+            abandonment_history.last_prior_abandoned_at
+                >= carts.created_at - make_interval(days => coalesce(policy.repeat_abandoner_days, 90)),
+            false
+        ) as is_repeat_abandoner,
+        coalesce(
+            (thresholds.carts_count >= {{ var('high_value_min_sample') }}
+                and carts.cart_value >= thresholds.p90_cart_value)
+            {%- if var('high_value_cart_value', none) is not none %}
+            or carts.cart_value >= {{ var('high_value_cart_value') }}
+            {%- endif %},
+            false
+        ) as is_high_value,
+        carts.is_pre_sale,
+        carts.is_gift_deadline,
+        coalesce(
+            carts.cart_value < carts.free_shipping_threshold
+                and carts.cart_value >= carts.free_shipping_threshold * {{ var('near_free_shipping_min_ratio') }},
+            false
+        ) as is_near_free_shipping,
+        carts.is_guest,
+        coalesce(
+            recovery_history.last_coupon_recovery_at
+                >= carts.created_at - make_interval(days => coalesce(policy.coupon_cooldown_days, 0)),
+            false
+        ) as is_in_coupon_cooldown,
+        {{ is_holdout('carts.customer_key') }} as is_holdout,
+
+        -- timestamps
+        carts.created_at,
+        carts.updated_at,
+        carts.last_activity_at,
+        carts.abandoned_at,
+        carts.completed_at,
+        newer_carts.superseded_at,
+        carts.next_sale_starts_at,
+        customers_landed.source_landed_at
+
+    from carts_flagged as carts
+    cross join policy
+    left join order_history on order_history.cart_key = carts.cart_key
+    left join recovery_history on recovery_history.cart_key = carts.cart_key
+    left join abandonment_history on abandonment_history.cart_key = carts.cart_key
+    left join newer_carts on newer_carts.cart_key = carts.cart_key
+    left join customers_landed on customers_landed.customer_key = carts.customer_key
+    left join shop_week_thresholds as thresholds
+        on thresholds.shop_id = carts.shop_id
+        and thresholds.activity_week = date_trunc('week', carts.last_activity_at at time zone 'UTC')::date
+
+)
+
+select * from final

@@ -1,0 +1,94 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='order_key',
+        incremental_strategy='delete+insert',
+        indexes=[
+            {'columns': ['order_key'], 'unique': True},
+            {'columns': ['customer_key']},
+            {'columns': ['source_landed_at']},
+        ],
+    )
+}}
+
+-- Orders with the customer key they belong to (platform customer id, else the account linked
+-- to the order's email or phone, else the email, else the phone). One row per order.
+-- Incremental: orders landed since the watermark, and orders whose email or phone was newly
+-- linked to an account.
+with orders as (
+
+    select * from {{ ref('int_orders_unioned') }}
+    {% if is_incremental() %}
+    where landed_at >= {{ landed_watermark() }}
+        or (shop_id, email) in (
+            select shop_id, identity_value from {{ ref('int_customer_identities') }}
+            where identity_kind = 'email' and landed_at >= {{ landed_watermark() }}
+        )
+        or (shop_id, phone) in (
+            select shop_id, identity_value from {{ ref('int_customer_identities') }}
+            where identity_kind = 'phone' and landed_at >= {{ landed_watermark() }}
+        )
+    {% endif %}
+
+),
+
+resolved as (
+
+    select
+        orders.*,
+        coalesce(
+            orders.customer_platform_id,
+            email_links.customer_platform_id,
+            phone_links.customer_platform_id
+        ) as resolved_customer_id,
+        greatest(orders.landed_at, email_links.landed_at, phone_links.landed_at) as source_landed_at
+    from orders
+    left join {{ ref('int_customer_identities') }} as email_links
+        on email_links.shop_id = orders.shop_id
+        and email_links.identity_kind = 'email'
+        and email_links.identity_value = orders.email
+    left join {{ ref('int_customer_identities') }} as phone_links
+        on phone_links.shop_id = orders.shop_id
+        and phone_links.identity_kind = 'phone'
+        and phone_links.identity_value = orders.phone
+
+),
+
+final as (
+
+    select
+        -- ids
+        order_key,
+        coalesce(
+            {{ customer_key('shop_id', 'resolved_customer_id', 'email', 'phone') }},
+            {{ hash_key(["'order'", 'order_key']) }}
+        ) as customer_key,
+        shop_id,
+        platform,
+        source_order_id,
+        resolved_customer_id as customer_platform_id,
+        checkout_token,
+
+        -- strings
+        email,
+        phone,
+        currency,
+        coupon_codes,
+
+        -- numerics
+        order_total,
+
+        -- booleans
+        has_coupon,
+        is_placed,
+
+        -- timestamps
+        ordered_at,
+        updated_at,
+        source_landed_at
+
+    from resolved
+
+)
+
+select * from final

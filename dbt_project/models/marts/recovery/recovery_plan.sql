@@ -1,0 +1,77 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='cart_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+        indexes=[
+            {'columns': ['cart_key', 'stage'], 'unique': True},
+            {'columns': ['due_at']},
+            {'columns': ['source_landed_at']},
+            {'columns': ['abandoned_at']},
+        ],
+        post_hook="delete from {{ this }} as plan where not exists (select 1 from {{ ref('abandoned_carts') }} as carts where carts.cart_key = plan.cart_key)",
+    )
+}}
+
+-- One row per abandoned cart and stage: when it falls due, over which channel, with which
+-- template and coupon, or why it is not sent (suppressed_reason; see int_recovery_plan_evaluated).
+-- The dispatcher reads the rows that are due and not suppressed; its send-time guard re-checks
+-- live data. Incremental like abandoned_carts: all stages of the re-evaluated carts are replaced
+-- (delete+insert on cart_key); the post-hook drops carts that left abandoned_carts.
+with abandoned_carts as (
+
+    select cart_key, shop_id, platform, abandoned_at, source_landed_at
+    from {{ ref('abandoned_carts') }}
+    {% if is_incremental() %}
+    where source_landed_at >= {{ landed_watermark() }}
+        or {{ newly_abandoned() }}
+    {% endif %}
+
+),
+
+plan as (
+
+    select * from {{ ref('int_recovery_plan_evaluated') }}
+    where cart_key in (select cart_key from abandoned_carts)
+
+),
+
+final as (
+
+    select
+        -- ids
+        {{ hash_key(['plan.cart_key', 'plan.stage']) }} as plan_key,
+        plan.cart_key,
+        plan.customer_key,
+        abandoned_carts.shop_id,
+        abandoned_carts.platform,
+        plan.stage,
+
+        -- strings
+        plan.channel,
+        plan.template,
+        plan.language,
+        plan.suppressed_reason,
+
+        -- numerics
+        plan.coupon_pct,
+        plan.policy_coupon_pct,
+
+        -- booleans
+        plan.free_shipping,
+        plan.is_planned_to_send,
+
+        -- timestamps
+        plan.due_at,
+        plan.coupon_expires_at,
+        abandoned_carts.abandoned_at,
+        abandoned_carts.source_landed_at
+
+    from plan
+    inner join abandoned_carts
+        on abandoned_carts.cart_key = plan.cart_key
+
+)
+
+select * from final

@@ -41,6 +41,8 @@ def cosmos_configs() -> dict[str, Any]:
         "render_config": RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.AFTER_EACH,
+            # A test over two models (relationships) runs after both, as a task of its own.
+            should_detach_multiple_parents_tests=True,
         ),
         "execution_config": ExecutionConfig(
             execution_mode=ExecutionMode.LOCAL,

@@ -1,9 +1,78 @@
-"""``cart_transform`` runs end to end with ``dag.test()`` against the real test PostgreSQL."""
+"""``cart_transform`` runs end to end with ``dag.test()`` against the real test PostgreSQL.
+
+Raw rows go in, the DAG builds the marts through Cosmos, records the build and publishes the
+plan; a second run builds incrementally, and a privacy erasure forces the next one to refresh.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+
 import psycopg2
 import pytest
+
+SHOP = "anatolia-shopify"
+RUN_AFTER = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+
+
+def _checkout(checkout_id: int, updated_at: datetime) -> dict:
+    stamp = updated_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "id": checkout_id,
+        "token": f"tok{checkout_id}",
+        "cart_token": f"cart{checkout_id}",
+        "email": f"buyer{checkout_id}@example.com",
+        "phone": "+905321234567",
+        "customer_locale": "tr",
+        "customer": {
+            "id": 880000 + checkout_id,
+            "email": f"buyer{checkout_id}@example.com",
+            "phone": "+905321234567",
+            "first_name": "Ayşe",
+            "last_name": "Yılmaz",
+            "email_marketing_consent": {"state": "subscribed"},
+            "sms_marketing_consent": {"state": "subscribed"},
+        },
+        "line_items": [
+            {
+                "product_id": 1,
+                "variant_id": 11,
+                "title": "Linen Shirt",
+                "variant_title": "M",
+                "quantity": 1,
+                "price": "899.90",
+            }
+        ],
+        "total_price": "899.90",
+        "currency": "TRY",
+        "abandoned_checkout_url": f"https://anatolia-linen.myshopify.com/checkouts/tok{checkout_id}/recover",
+        "created_at": stamp,
+        "updated_at": stamp,
+        "completed_at": None,
+    }
+
+
+def _land(conn, checkout_id: int, updated_at: datetime) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            insert into raw.webhook_events (platform, shop_id, topic, delivery_id, received_at, payload)
+            values ('shopify', %s, 'checkouts/update', %s, %s, %s)
+            """,
+            (
+                SHOP,
+                f"dag-test-{checkout_id}",
+                updated_at + timedelta(seconds=5),
+                json.dumps(_checkout(checkout_id, updated_at)),
+            ),
+        )
+
+
+def _query(database, sql: str, *params):
+    with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -17,21 +86,72 @@ def cart_transform(airflow_db, dbt_manifest):
     return bag.dags["cart_transform"]
 
 
+@pytest.fixture(scope="module")
+def clean_warehouse(database):
+    """Only this test's raw rows, and no dbt state or build history from other tests."""
+    with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
+        cur.execute("drop schema if exists policy, staging, intermediate, marts cascade")
+        cur.execute("truncate raw.webhook_events, raw.polled_records, ops.transform_runs")
+        cur.execute("delete from ops.privacy_requests")
+        _land(conn, 1, RUN_AFTER - timedelta(hours=2))  # abandoned 2 hours before the run
+    return database
+
+
+def _run(dag, run_after: datetime):
+    dag_run = dag.test(run_after=run_after, logical_date=run_after)
+    failed = {ti.task_id: ti.state for ti in dag_run.get_task_instances() if ti.state != "success"}
+    assert dag_run.state == "success", failed
+    return dag_run
+
+
 def test_renders_every_dbt_node_as_a_task(cart_transform):
     task_ids = set(cart_transform.task_ids)
-    assert "dbt.recovery_stages.seed" in task_ids
-    assert "publish_recovery_plan" in task_ids
+    assert {"decide_build", "publish_recovery_plan", "dbt.recovery_stages.seed"} <= task_ids
+    assert {"dbt.abandoned_carts.run", "dbt.recovery_plan.run", "dbt.recovery_plan.test"} <= task_ids
 
 
-def test_runs_against_postgres(cart_transform, database):
+def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):
+    database = clean_warehouse
+    _run(cart_transform, RUN_AFTER)
+
+    rows = _query(database, "select stage, suppressed_reason, due_at from marts.recovery_plan order by stage")
+    assert [stage for stage, _, _ in rows] == [1, 2, 3]
+    assert _query(database, "select count(*) from marts.abandoned_carts") == [(1,)]
+    runs = _query(database, "select full_refresh, reason, plan_summary from ops.transform_runs")
+    assert [(full, reason) for full, reason, _ in runs] == [(True, "first build")]
+    assert runs[0][2]["carts"] == 1 and runs[0][2]["plan_rows"] == 3
+
+    # A new cart lands; the next run builds incrementally and picks it up.
+    with psycopg2.connect(database.url) as conn:
+        _land(conn, 2, RUN_AFTER + timedelta(minutes=10))
+    _run(cart_transform, RUN_AFTER + timedelta(hours=2))
+    runs = _query(database, "select full_refresh, reason from ops.transform_runs order by as_of")
+    assert runs == [(True, "first build"), (False, "incremental")]
+    assert _query(database, "select count(*) from marts.abandoned_carts") == [(2,)]
+
+
+def test_privacy_erasure_and_backfill_force_a_full_refresh(cart_transform, clean_warehouse):
+    from cart_recovery.plan import decide_build
+
+    database = clean_warehouse
+    last_as_of = _query(database, "select max(as_of) from ops.transform_runs")[0][0]
+    assert decide_build(last_as_of.isoformat()) == {"full_refresh": False, "reason": "incremental"}
+
+    earlier = (last_as_of - timedelta(days=1)).isoformat()
+    assert decide_build(earlier)["full_refresh"] is True
+    assert "backfill" in decide_build(earlier)["reason"]
+
     with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
-        cur.execute("drop schema if exists policy cascade")
-
-    dag_run = cart_transform.test()
-
-    assert dag_run.state == "success"
-    failed = [ti.task_id for ti in dag_run.get_task_instances() if ti.state != "success"]
-    assert failed == []
-    with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
-        cur.execute("select stage, delay_minutes from policy.recovery_stages order by stage")
-        assert cur.fetchall() == [(1, 30), (2, 240), (3, 1440)]
+        cur.execute(
+            """
+            insert into ops.privacy_requests
+                (platform, shop_id, topic, delivery_id, customer_id, payload, status,
+                 received_at, processed_at)
+            values ('shopify', %s, 'customers/redact', 'dag-test-redact', '880001', '{}', 'completed',
+                    now(), now())
+            """,
+            (SHOP,),
+        )
+    decision = decide_build(last_as_of.isoformat())
+    assert decision == {"full_refresh": True, "reason": "1 privacy erasure(s) since the last build"}
+    assert decide_build(last_as_of.isoformat(), requested=True)["reason"] == "requested (param full_refresh)"

@@ -6,6 +6,13 @@ bytes actually read), 401 the shop is unknown or the signature does not match, 4
 not a JSON object (or a required header is missing), 503 (with Retry-After) the database could
 not commit it. 200 means committed: ``{"status": "stored"}``, or ``"duplicate"`` for a delivery
 id already stored (the platform retried).
+
+The shop platforms' ordinary deliveries (``POST`` with a JSON body, any topic but Shopify's
+privacy topics) are served by :class:`ShopWebhookFastPath`, a plain ASGI handler in front of
+FastAPI's routing, which answers exactly as the FastAPI routes do, verifies and parses on the event
+loop and hands the insert to the store's group-commit thread. Everything else (WooCommerce's form
+ping, the privacy topics, wrong content types, WhatsApp, health, the OpenAPI documents) goes
+through the FastAPI routes below, which also document the shop routes.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ def create_app(config: WebhookConfig | None = None) -> FastAPI:
     )
     app.state.config = config
     app.state.store = store
+    app.add_middleware(ShopWebhookFastPath, config=config, store=store)
 
     @app.get("/healthz", summary="Liveness, and whether the database answers")
     def healthz() -> dict[str, str]:
@@ -168,16 +176,19 @@ async def _receive_shop_webhook(
     )
 
 
-def _ingest_shop(
-    store: EventStore,
+def verified_event(
     headers: WebhookHeaders,
     shop_id: str,
     secret: str,
     body: bytes,
     values: dict[str, str | None],
     received_at: datetime,
-    background: BackgroundTasks,
-) -> JSONResponse:
+) -> tuple[WebhookEvent, Any]:
+    """Signature (401), JSON (400) and topic (400) checks; the event to store and the parsed body.
+
+    ``values`` maps the platform's signature, topic and delivery-id header names to their values.
+    Shared by the FastAPI route and the ASGI fast path, so both answer exactly alike.
+    """
     if not signatures.verify_base64(secret, body, values[headers.signature]):
         log.warning(
             "%s webhook for shop %s: bad or missing %s", headers.platform.value, shop_id, headers.signature
@@ -188,7 +199,21 @@ def _ingest_shop(
     if not topic:
         raise HTTPException(400, f"missing {headers.topic} header")
     delivery_id = (values[headers.delivery_id] or "").strip() or "sha256:" + hashlib.sha256(body).hexdigest()
-    event = WebhookEvent(headers.platform.value, shop_id, topic, delivery_id, received_at, text)
+    return WebhookEvent(headers.platform.value, shop_id, topic, delivery_id, received_at, text), document
+
+
+def _ingest_shop(
+    store: EventStore,
+    headers: WebhookHeaders,
+    shop_id: str,
+    secret: str,
+    body: bytes,
+    values: dict[str, str | None],
+    received_at: datetime,
+    background: BackgroundTasks,
+) -> JSONResponse:
+    event, document = verified_event(headers, shop_id, secret, body, values, received_at)
+    topic, delivery_id = event.topic, event.delivery_id
 
     if headers.platform is Platform.SHOPIFY and topic in privacy.PRIVACY_TOPICS:
 
@@ -213,6 +238,120 @@ def _ingest_shop(
     else:
         new = _store(lambda: store.insert([event])) == 1
     return JSONResponse({"status": "stored" if new else "duplicate", "delivery_id": delivery_id})
+
+
+class ShopWebhookFastPath:
+    """ASGI middleware: ``POST /webhooks/{shopify,woocommerce,ideasoft}`` with a JSON body, served
+    without FastAPI's request machinery and without a thread per request.
+
+    Same checks, order, status codes, bodies and headers as :func:`_receive_shop_webhook` and
+    :func:`_ingest_shop`; the event is committed (by the store's group-commit thread, together with
+    other requests' events) before the 2xx is sent. Requests it does not take are passed on
+    unchanged: not ``POST``, another path, a Content-Type other than ``application/json`` (the
+    WooCommerce form ping, or a 415 from the route), and Shopify's privacy topics (which also write
+    ``ops`` rows and start background work).
+    """
+
+    def __init__(self, app, *, config: WebhookConfig, store: EventStore) -> None:
+        self.app = app
+        self._config = config
+        self._store = store
+        self._routes = {
+            f"/webhooks/{platform.value}": headers for platform, headers in WEBHOOK_HEADERS.items()
+        }
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = self._routes.get(scope["path"])
+            if headers is not None:
+                values = _header_values(scope["headers"])
+                if _media_type(values.get("content-type", "")) == "application/json" and not (
+                    headers.platform is Platform.SHOPIFY
+                    and values.get(headers.topic.lower(), "").strip() in privacy.PRIVACY_TOPICS
+                ):
+                    try:
+                        status, content, extra = await self._handle(headers, values, receive)
+                    except _Disconnected:
+                        return
+                    await _send_json(send, status, content, extra)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _handle(self, headers: WebhookHeaders, values: dict[str, str], receive):
+        config = self._config
+        limit = config.max_body_bytes
+        declared = values.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return _error(400, "invalid Content-Length")
+            if size > limit:
+                return _error(413, f"body larger than {limit} bytes")
+        domain = values.get(headers.shop.lower())
+        shop = config.find_shop(headers.platform, domain or "")
+        if shop is None:
+            log.warning("%s webhook from unknown shop %r", headers.platform.value, domain)
+            return _error(401, f"unknown shop in {headers.shop}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    return _error(413, f"body larger than {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        received_at = datetime.now(UTC)
+        named = {
+            name: values.get(name.lower()) for name in (headers.signature, headers.topic, headers.delivery_id)
+        }
+        try:
+            event, _document = verified_event(headers, shop.shop.id, shop.secret, body, named, received_at)
+            new = await _store_async(self._store.insert_async(event))
+        except HTTPException as exc:
+            return _error(exc.status_code, exc.detail, exc.headers)
+        return 200, {"status": "stored" if new else "duplicate", "delivery_id": event.delivery_id}, None
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _header_values(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-case name -> value, the first of repeated headers winning (as Starlette's ``get``)."""
+    values: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if key not in values:
+            values[key] = value.decode("latin-1")
+    return values
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None):
+    return status, {"detail": detail}, headers
+
+
+async def _send_json(send, status: int, content: Any, extra: dict[str, str] | None) -> None:
+    # As FastAPI's JSONResponse (and its HTTPException handler) renders it.
+    body = json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+    response_headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    if extra:
+        response_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- WhatsApp ---------------------------------------------------------------------------------
@@ -255,6 +394,18 @@ def _store(write):
     except psycopg2.errors.UndefinedTable as exc:
         log.error("raw.webhook_events is missing: run `cart-recovery db upgrade` (%s)", exc)
         raise HTTPException(503, "database not migrated", headers={"Retry-After": RETRY_AFTER_S}) from exc
+
+
+async def _store_async(pending):
+    """Await a write handed to the group-commit thread; its errors answered as :func:`_store` does."""
+
+    def outcome():
+        return pending.result()
+
+    try:
+        return await pending
+    except Exception:
+        return _store(outcome)
 
 
 def _process_privacy_request(store: EventStore, request_id: int) -> None:

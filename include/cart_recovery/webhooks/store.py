@@ -1,7 +1,10 @@
 """Writes webhook events into ``raw.webhook_events`` through a pool of PostgreSQL connections.
 
 One ``INSERT ... ON CONFLICT DO NOTHING`` per request (one statement for all the deliveries of a
-WhatsApp batch), committed before the caller answers 2xx. Connections are opened lazily, so the
+WhatsApp batch), committed before the caller answers 2xx. The shop platforms' ordinary deliveries
+go through :class:`GroupCommitter` instead: one thread inserts the events of every request waiting
+at that moment in one statement and one transaction (a group commit), and each request is answered
+only after that commit. Connections are opened lazily, so the
 service starts (and answers 503) while the database is down, and a connection that failed is
 closed and dropped from the pool instead of being handed out again, so the service reconnects by
 itself once the database is back.
@@ -9,8 +12,10 @@ itself once the database is back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +56,7 @@ _INSERT_MANY = (
     "values %s on conflict on constraint webhook_events_delivery_unique do nothing returning event_id"
 )
 _INSERT_ONE = _INSERT_MANY.replace("values %s", "values (%s, %s, %s, %s, %s, %s)")
+_INSERT_MANY_KEYS = _INSERT_MANY.replace("returning event_id", "returning platform, shop_id, delivery_id")
 
 
 class EventStore:
@@ -72,6 +78,7 @@ class EventStore:
         self._lock = threading.Lock()
         # Waiting a little for a free connection is kinder than refusing at once.
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._committer = GroupCommitter(self)
 
     # -- connections ---------------------------------------------------------------------------
     def _connect(self) -> psycopg2.extensions.connection:
@@ -108,12 +115,15 @@ class EventStore:
                 conn.close()
 
     @contextlib.contextmanager
-    def connection(self, *, fresh: bool = False) -> Iterator[psycopg2.extensions.connection]:
+    def connection(
+        self, *, fresh: bool = False, single_statement: bool = False
+    ) -> Iterator[psycopg2.extensions.connection]:
         """A pooled connection inside a transaction: committed on success, rolled back on error.
 
         Any psycopg2 OperationalError/InterfaceError (server gone, restarted, unreachable) becomes
         DatabaseUnavailable and the connection is closed rather than returned to the pool.
-        ``fresh`` opens a new connection instead of reusing an idle one.
+        ``fresh`` opens a new connection instead of reusing an idle one. ``single_statement``: the
+        caller runs one statement, which commits by itself (autocommit, no BEGIN/COMMIT round trips).
         """
         if not self._slots.acquire(timeout=_POOL_WAIT_S):
             raise PoolExhausted(f"all {self._max} database connections stayed busy for {_POOL_WAIT_S} s")
@@ -124,8 +134,16 @@ class EventStore:
             if conn.closed:
                 broken = True
                 raise DatabaseUnavailable("pooled connection was closed")
-            with conn:  # commit or roll back
-                yield conn
+            if single_statement:
+                conn.autocommit = True
+                try:
+                    yield conn
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
+            else:
+                with conn:  # commit or roll back
+                    yield conn
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             broken = True
             raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
@@ -134,22 +152,24 @@ class EventStore:
                 self._give_back(conn, broken or bool(conn.closed))
             self._slots.release()
 
-    def run(self, work):
+    def run(self, work, *, single_statement: bool = False):
         """Run ``work(conn)`` in a transaction; once more on a new connection if the pooled one
         turned out to be dead (after a database restart every idle connection is). Safe because
         everything written through here is idempotent (ON CONFLICT DO NOTHING)."""
         try:
-            with self.connection() as conn:
+            with self.connection(single_statement=single_statement) as conn:
                 return work(conn)
         except PoolExhausted:
             raise
         except DatabaseUnavailable:
             log.info("Database connection failed; retrying once on a new connection")
-        with self.connection(fresh=True) as conn:
+        with self.connection(fresh=True, single_statement=single_statement) as conn:
             return work(conn)
 
     def close(self) -> None:
-        """Close the idle connections (a later request opens new ones)."""
+        """Stop the group-commit thread (after the events handed to it) and close the idle
+        connections (a later request starts it again and opens new connections)."""
+        self._committer.stop()
         self._discard_idle()
 
     # -- writes --------------------------------------------------------------------------------
@@ -168,6 +188,32 @@ class EventStore:
 
         return self.run(work)
 
+    def insert_new_keys(self, events: Sequence[WebhookEvent]) -> list[bool]:
+        """Store the events in one statement and one transaction; for each, whether it was new.
+        An event repeated inside ``events`` is new at most once (its first occurrence)."""
+
+        def work(conn: psycopg2.extensions.connection) -> set[tuple[str, str, str]]:
+            with conn.cursor() as cur:
+                rows = psycopg2.extras.execute_values(
+                    cur, _INSERT_MANY_KEYS, [_row(e) for e in events], page_size=len(events), fetch=True
+                )
+                return set(rows)
+
+        # One statement is its own transaction: in autocommit it costs one round trip, where
+        # BEGIN, INSERT, COMMIT cost three. Its rows come back only once it committed.
+        inserted = self.run(work, single_statement=True)
+        new = []
+        for event in events:
+            key = (event.platform, event.shop_id, event.delivery_id)
+            new.append(key in inserted)
+            inserted.discard(key)
+        return new
+
+    def insert_async(self, event: WebhookEvent) -> asyncio.Future[bool]:
+        """Hand the event to the group-commit thread; the future is True (new) or False
+        (duplicate) once its transaction committed, or raises what :meth:`insert` would."""
+        return self._committer.submit(event)
+
     def ping(self) -> bool:
         try:
 
@@ -179,6 +225,100 @@ class EventStore:
             return True
         except DatabaseUnavailable:
             return False
+
+
+class GroupCommitter:
+    """One thread that commits events for the event loop, many requests' events per transaction.
+
+    It takes every event waiting (up to ``max_batch``), inserts them in one statement, commits,
+    and only then resolves each request's future; while it commits, the next group gathers. So a
+    burst costs PostgreSQL one commit (one WAL flush) per group instead of one per request, and
+    the event loop never waits on the database or hands each request to a thread of its own.
+
+    A group that fails for a reason of its rows (e.g. JSON that jsonb refuses) is retried one
+    event per transaction, so only the bad event fails; a group that fails because the database
+    is unavailable fails for every request in it (each is answered 503, nothing was committed).
+    """
+
+    def __init__(self, store: EventStore, *, max_batch: int = 256) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, event: WebhookEvent) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start()
+        self._queue.put((event, loop, future))
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="webhook-group-commit", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join(timeout_s)
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            item = get()
+            if item is None:
+                return
+            batch = [item]
+            stopping = False
+            while len(batch) < self._max_batch:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stopping:
+                return
+
+    def _commit(self, batch: list) -> None:
+        events = [event for event, _loop, _future in batch]
+        try:
+            outcomes: list = self._store.insert_new_keys(events)
+        except DatabaseUnavailable as exc:
+            outcomes = [exc] * len(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                outcomes = [exc]
+            else:  # find the event(s) at fault: one transaction each
+                outcomes = []
+                for event in events:
+                    try:
+                        outcomes.append(self._store.insert([event]) == 1)
+                    except Exception as single:
+                        outcomes.append(single)
+        for (_event, loop, future), outcome in zip(batch, outcomes, strict=True):
+            with contextlib.suppress(RuntimeError):  # that event loop is closed
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+
+
+def _resolve(future: asyncio.Future, outcome) -> None:
+    if future.done():  # the request was cancelled (client gone); its event is committed anyway
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _row(event: WebhookEvent) -> tuple:

@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_carts_segmented') }}
 {{
     config(
         materialized='incremental',
@@ -10,15 +11,22 @@
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],
-        post_hook="delete from {{ this }} as plan where not exists (select 1 from {{ ref('abandoned_carts') }} as carts where carts.cart_key = plan.cart_key)",
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select segmented.cart_key from {{ ref('int_carts_segmented') }} as segmented where segmented.source_landed_at >= {{ landed_watermark() }} and not exists (select 1 from {{ ref('abandoned_carts') }} as carts where carts.cart_key = segmented.cart_key)){% endif %}",
     )
 }}
+
+-- The pre-hook drops the plan rows of carts that left abandoned_carts (abandoned_carts has
+-- already been built in this run). Only a cart re-evaluated since this table's watermark can
+-- have left (as_of only moves forward, so a stored abandoned cart stays abandoned until its
+-- inputs change), and int_carts_segmented rewrites such a cart with a source_landed_at at or
+-- after its own watermark, which is at or after ours: so the candidates are the carts of
+-- int_carts_segmented landed since our watermark (an index scan), not every plan row.
 
 -- One row per abandoned cart and stage: when it falls due, over which channel, with which
 -- template and coupon, or why it is not sent (suppressed_reason; see int_recovery_plan_evaluated).
 -- The dispatcher reads the rows that are due and not suppressed; its send-time guard re-checks
 -- live data. Incremental like abandoned_carts: all stages of the re-evaluated carts are replaced
--- (delete+insert on cart_key); the post-hook drops carts that left abandoned_carts.
+-- (delete+insert on cart_key); the pre-hook drops carts that left abandoned_carts.
 with abandoned_carts as (
 
     select cart_key, shop_id, platform, abandoned_at, source_landed_at

@@ -19,6 +19,7 @@ entity, and lands them in `raw.polled_records`. One mapped task per shop.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pendulum
@@ -53,7 +54,8 @@ def cart_ingest():
         context = get_current_context()
         interval_end = context.get("data_interval_end") or context["dag_run"].run_after
         report = ingest_shop(Shop.model_validate(shop), interval_end=interval_end, conn_url=warehouse_url())
-        return {"shop_id": shop["id"], **_json_safe(report)}
+        # XCom holds JSON: times in the report (windows, watermarks) become ISO strings.
+        return {"shop_id": shop["id"], **json.loads(json.dumps(report, default=str))}
 
     @task(outlets=[Asset(ASSET_RAW)])
     def publish_raw(reports: list[dict]) -> dict:
@@ -67,14 +69,6 @@ def cart_ingest():
         return totals
 
     publish_raw(poll_shop.expand(shop=configured_shops()))
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 cart_ingest()

@@ -63,14 +63,7 @@ carts as (
     {% if is_incremental() %}
     where landed_at >= {{ landed_watermark() }}
         or cart_key in (select cart_key from changed_carts)
-        or (shop_id, email) in (
-            select shop_id, identity_value from {{ ref('int_customer_identities') }}
-            where identity_kind = 'email' and landed_at >= {{ landed_watermark() }}
-        )
-        or (shop_id, phone) in (
-            select shop_id, identity_value from {{ ref('int_customer_identities') }}
-            where identity_kind = 'phone' and landed_at >= {{ landed_watermark() }}
-        )
+        or {{ linked_since_watermark() }}
     {% endif %}
 
 ),
@@ -79,21 +72,10 @@ carts_with_customer_id as (
 
     select
         carts.*,
-        coalesce(
-            carts.customer_platform_id,
-            email_links.customer_platform_id,
-            phone_links.customer_platform_id
-        ) as resolved_customer_id,
+        {{ resolved_customer_id('carts') }} as resolved_customer_id,
         greatest(email_links.landed_at, phone_links.landed_at) as links_landed_at
     from carts
-    left join {{ ref('int_customer_identities') }} as email_links
-        on email_links.shop_id = carts.shop_id
-        and email_links.identity_kind = 'email'
-        and email_links.identity_value = carts.email
-    left join {{ ref('int_customer_identities') }} as phone_links
-        on phone_links.shop_id = carts.shop_id
-        and phone_links.identity_kind = 'phone'
-        and phone_links.identity_value = carts.phone
+    {{ identity_link_joins('carts') }}
 
 ),
 

@@ -20,14 +20,7 @@ with orders as (
     select * from {{ ref('int_orders_unioned') }}
     {% if is_incremental() %}
     where landed_at >= {{ landed_watermark() }}
-        or (shop_id, email) in (
-            select shop_id, identity_value from {{ ref('int_customer_identities') }}
-            where identity_kind = 'email' and landed_at >= {{ landed_watermark() }}
-        )
-        or (shop_id, phone) in (
-            select shop_id, identity_value from {{ ref('int_customer_identities') }}
-            where identity_kind = 'phone' and landed_at >= {{ landed_watermark() }}
-        )
+        or {{ linked_since_watermark() }}
     {% endif %}
 
 ),
@@ -36,21 +29,10 @@ resolved as (
 
     select
         orders.*,
-        coalesce(
-            orders.customer_platform_id,
-            email_links.customer_platform_id,
-            phone_links.customer_platform_id
-        ) as resolved_customer_id,
+        {{ resolved_customer_id('orders') }} as resolved_customer_id,
         greatest(orders.landed_at, email_links.landed_at, phone_links.landed_at) as source_landed_at
     from orders
-    left join {{ ref('int_customer_identities') }} as email_links
-        on email_links.shop_id = orders.shop_id
-        and email_links.identity_kind = 'email'
-        and email_links.identity_value = orders.email
-    left join {{ ref('int_customer_identities') }} as phone_links
-        on phone_links.shop_id = orders.shop_id
-        and phone_links.identity_kind = 'phone'
-        and phone_links.identity_value = orders.phone
+    {{ identity_link_joins('orders') }}
 
 ),
 

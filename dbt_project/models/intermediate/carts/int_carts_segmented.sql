@@ -177,9 +177,7 @@ coupon_recoveries as (
     inner join carts_flagged
         on carts_flagged.customer_key = orders.customer_key
         and carts_flagged.was_ever_abandoned
-        and carts_flagged.abandoned_at < orders.ordered_at
-        and carts_flagged.abandoned_at
-            >= orders.ordered_at - make_interval(days => {{ var('recovery_attribution_days') }})
+        and {{ within_recovery_attribution('carts_flagged.abandoned_at', 'orders.ordered_at') }}
     where orders.has_coupon
 
 ),

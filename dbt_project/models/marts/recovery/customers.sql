@@ -151,9 +151,7 @@ coupon_recoveries as (
     inner join carts
         on carts.customer_key = orders.customer_key
         and carts.is_abandoned
-        and carts.abandoned_at < orders.ordered_at
-        and carts.abandoned_at
-            >= orders.ordered_at - make_interval(days => {{ var('recovery_attribution_days') }})
+        and {{ within_recovery_attribution('carts.abandoned_at', 'orders.ordered_at') }}
     where orders.has_coupon
 
 ),

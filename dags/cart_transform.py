@@ -15,7 +15,8 @@ followed by its tests; a test over two models runs after both.
   the run plans for an earlier moment than the last one (a backfill), a privacy erasure happened
   since the last build, or the run was triggered with the param `full_refresh: true`.
 - **Backfill:** `cart-recovery airflow dags backfill cart_transform --from-date ... --to-date ...`;
-  the run's data interval end is passed to dbt as `as_of`, so a replay plans as of that time.
+  the run's data interval end is passed to dbt as `as_of` (environment
+  variable `CART_RECOVERY_AS_OF`), so a replay plans as of that time.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def cart_transform():
     dbt_build = DbtTaskGroup(
         group_id="dbt",
         operator_args={
-            "vars": {"as_of": AS_OF},
+            # as_of as an environment variable, not a var: a var that changes every run forces
+            # dbt to re-parse the whole project in every task (macro as_of reads it at run time).
+            "env": {"CART_RECOVERY_AS_OF": AS_OF},
             "full_refresh": "{{ ti.xcom_pull(task_ids='decide_build')['full_refresh'] }}",
         },
         **cosmos_configs(),

@@ -27,16 +27,71 @@
 {%- endmacro %}
 
 {#
-    Incremental filter: records whose email or phone gained an identity link since the calling
-    model's watermark (their customer may have changed).
+    When the links of the records aliased `alias` last changed which account they point to
+    (int_customer_identities.mapping_landed_at), given identity_link_joins.
 #}
-{% macro linked_since_watermark() -%}
-    (shop_id, email) in (
-        select shop_id, identity_value from {{ ref('int_customer_identities') }}
-        where identity_kind = 'email' and landed_at >= {{ landed_watermark() }}
-    )
-    or (shop_id, phone) in (
-        select shop_id, identity_value from {{ ref('int_customer_identities') }}
-        where identity_kind = 'phone' and landed_at >= {{ landed_watermark() }}
-    )
+{% macro links_landed_at() -%}
+    greatest(email_links.mapping_landed_at, phone_links.mapping_landed_at)
 {%- endmacro %}
+
+{#
+    Incremental filter: records whose email or phone (`kinds`) was linked to another account
+    since the calling model's watermark (their customer may have changed). One condition per
+    kind: give a single kind per select where an index should serve it (an OR of the two
+    semi-joins is evaluated row by row).
+#}
+{% macro linked_since_watermark(kinds=['email', 'phone']) -%}
+    {%- for kind in kinds %}
+    {% if not loop.first %}or {% endif %}(shop_id, {{ kind }}) in (
+        select shop_id, identity_value from {{ ref('int_customer_identities') }}
+        where identity_kind = '{{ kind }}' and mapping_landed_at >= {{ landed_watermark() }}
+    )
+    {%- endfor %}
+{%- endmacro %}
+
+
+{#
+    The `columns` of the rows of `relation` (with shop_id, email and phone) whose email or phone
+    was linked to another account since the calling model's watermark: a lookup per changed
+    identity through an index on (shop_id, email) and (shop_id, phone) of `relation` (offset 0
+    keeps the planner from turning the lateral subquery into a join that reads every row).
+#}
+{% macro relinked_rows(relation, columns) -%}
+    {%- for kind in ['email', 'phone'] %}
+    {% if not loop.first %}union{% endif %}
+    select {% for column in columns %}records.{{ column }}{% if not loop.last %}, {% endif %}{% endfor %}
+    from {{ ref('int_customer_identities') }} as identities
+    cross join lateral (
+        select * from {{ relation }} as records
+        where records.shop_id = identities.shop_id
+            and records.{{ kind }} = identities.identity_value
+        offset 0
+    ) as records
+    where identities.identity_kind = '{{ kind }}'
+        and identities.mapping_landed_at >= {{ landed_watermark() }}
+    {%- endfor %}
+{%- endmacro %}
+
+
+{#
+    customers mart pre-hook. A guest is known by email (else phone) until that email or phone is
+    linked to an account: then its carts and orders resolve to the account and the guest's row must go. Only guests
+    (no platform id) can vanish so; the candidates are the guests with an email or phone whose
+    identity mapping changed since the watermark, deleted when nothing resolves to them anymore.
+#}
+{% macro delete_merged_guests() %}
+    delete from {{ this }} as guests
+    where guests.customer_key in (
+            select relinked.customer_key
+            from ({{ relinked_rows(this, ['customer_key', 'customer_platform_id']) }}) as relinked
+            where relinked.customer_platform_id is null
+        )
+        and not exists (
+            select 1 from {{ ref('int_carts_segmented') }} as carts
+            where carts.customer_key = guests.customer_key
+        )
+        and not exists (
+            select 1 from {{ ref('int_orders_resolved') }} as orders
+            where orders.customer_key = guests.customer_key
+        )
+{% endmacro %}

@@ -100,6 +100,14 @@ def _webhooks(args: argparse.Namespace) -> int:
         return serve(host=args.host, port=args.port, database_url=database.url, workers=args.workers)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Run benchmarks with the database up (the embedded server is started, then stopped, if needed)."""
+    from cart_recovery.bench import runner as bench_runner
+
+    with running_database():
+        return bench_runner.run(args)
+
+
 def _passthrough(tool: str, argv: list[str]) -> int:
     """Run ``airflow``/``dbt`` with the project's environment and return its exit code."""
     with running_database() as database:
@@ -155,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run benchmarks; results as JSON under bench/results/")
     bench_runner.add_arguments(bench)
-    bench.set_defaults(handler=bench_runner.run)
+    bench.set_defaults(handler=_bench)
 
     env = commands.add_parser("env", help='print the environment as exports: eval "$(cart-recovery env)"')
     env.set_defaults(handler=_env)

@@ -20,6 +20,7 @@ from dbt_raw_rows import (
     ideasoft_cart,
     ideasoft_member,
     is_holdout,
+    iso_gmt,
     pick_customer_id,
     query,
     run_dbt,
@@ -57,6 +58,7 @@ HELD_OUT = pick_customer_id(WOO, 6001, holdout=True)
 MEMBER = pick_customer_id(TICIMAX, 7001, holdout=False)
 GIFTER = pick_customer_id(IDEASOFT, 9001, holdout=False)
 GUEST = guest_email(WOO)
+GUEST_ACCOUNT = 77
 
 
 def story() -> RawBatch:
@@ -336,6 +338,23 @@ def later_story() -> RawBatch:
         ),
         at("2027-01-03 10:05"),
     )
+    # the guest of cart 602 registers: the email now links to an account, so the old guest
+    # cart re-resolves to it (a new identity mapping, not a new cart)
+    raw.webhook(
+        "woocommerce",
+        WOO,
+        "customer.created",
+        {
+            "id": GUEST_ACCOUNT,
+            "email": GUEST,
+            "first_name": "Emily",
+            "last_name": "Clarke",
+            "billing": {"email": GUEST, "phone": None},
+            "date_created_gmt": iso_gmt(at("2027-01-03 09:00")),
+            "date_modified_gmt": iso_gmt(at("2027-01-03 09:00")),
+        },
+        at("2027-01-03 09:00"),
+    )
     return raw
 
 
@@ -514,6 +533,13 @@ def test_incremental_build_equals_full_refresh(built):
         "select count(*) from marts.abandoned_carts where cart_key in %s",
         ((cart_key(TICIMAX, "ticimax", "802"), cart_key(SHOPIFY, "shopify", "c7009token")),),
     ) == [(2,)]
+
+    # the guest's old cart now belongs to the account registered with its email
+    assert query(
+        built,
+        "select customer_key, is_guest from marts.abandoned_carts where cart_key = %s",
+        (cart_key(WOO, "woocommerce", "602"),),
+    ) == [(customer_key(WOO, customer_id=str(GUEST_ACCOUNT)), False)]
 
     run_dbt("run", "--full-refresh", as_of=AS_OF_LATER)
     for table in MART_TABLES:

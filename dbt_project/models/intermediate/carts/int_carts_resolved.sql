@@ -8,6 +8,8 @@
             {'columns': ['customer_key']},
             {'columns': ['source_landed_at']},
             {'columns': ['shop_id', 'last_activity_at']},
+            {'columns': ['shop_id', 'email']},
+            {'columns': ['shop_id', 'phone']},
         ],
     )
 }}
@@ -49,21 +51,43 @@ changed_customers as (
 
 ),
 
+-- the carts to re-resolve, by their staging key; one select per reason (an OR across them would
+-- scan every cart instead of using the indexes)
 changed_carts as (
 
-    select cart_key from {{ this }}
+    select platform, shop_id, source_cart_id from {{ ref('int_carts_unioned') }}
+    where landed_at >= {{ landed_watermark() }}
+
+    union
+
+    select platform, shop_id, source_cart_id from {{ this }}
     where customer_key in (select customer_key from changed_customers)
+
+    union
+
+    -- stored carts whose own email or phone (the resolved one is the cart's own when it has
+    -- one) now links to another account; new carts are in the first select
+    {{ relinked_rows(this, ['platform', 'shop_id', 'source_cart_id']) }}
 
 ),
 {% endif %}
 
 carts as (
 
+    {% if is_incremental() -%}
+    -- a lookup per changed cart through each platform's staging key index (offset 0: see
+    -- relinked_rows), where a join would read every cart
+    select unioned.*
+    from changed_carts
+    cross join lateral (
+        select * from {{ ref('int_carts_unioned') }} as unioned
+        where unioned.platform = changed_carts.platform
+            and unioned.shop_id = changed_carts.shop_id
+            and unioned.source_cart_id = changed_carts.source_cart_id
+        offset 0
+    ) as unioned
+    {%- else -%}
     select * from {{ ref('int_carts_unioned') }}
-    {% if is_incremental() %}
-    where landed_at >= {{ landed_watermark() }}
-        or cart_key in (select cart_key from changed_carts)
-        or {{ linked_since_watermark() }}
     {% endif %}
 
 ),
@@ -73,7 +97,7 @@ carts_with_customer_id as (
     select
         carts.*,
         {{ resolved_customer_id('carts') }} as resolved_customer_id,
-        greatest(email_links.landed_at, phone_links.landed_at) as links_landed_at
+        {{ links_landed_at() }} as links_landed_at
     from carts
     {{ identity_link_joins('carts') }}
 

@@ -17,8 +17,10 @@
 --
 -- Every column is a function of the landed data, never of the build time or as_of (the marts
 -- apply as_of), so a rebuild gives the same answer. Incremental: every cart of each customer
--- with a cart or order landed since the watermark (history, completion, superseding and the
--- coupon cap all look across the customer's carts).
+-- with a cart or order landed since the watermark is evaluated (history, completion, superseding
+-- and the coupon cap all look across the customer's carts), and the carts whose inputs landed
+-- since the watermark (source_landed_at) are written: a new cart, the cart it supersedes, the
+-- carts after it, not the customer's older carts.
 -- Segment rules (windows and factors from the segment_policy seed):
 --   is_first_time        no placed order and no abandonment before the cart was created
 --   is_repeat_abandoner  an abandonment of the same customer within repeat_abandoner.window_days
@@ -63,21 +65,6 @@ orders as (
     {% if is_incremental() %}
         and customer_key in (select customer_key from changed_customers)
     {% endif %}
-
-),
-
-customers_landed as (
-
-    select customer_key, max(source_landed_at) as source_landed_at
-    from (
-        select customer_key, source_landed_at from carts
-        union all
-        select customer_key, source_landed_at from {{ ref('int_orders_resolved') }}
-        {% if is_incremental() %}
-        where customer_key in (select customer_key from changed_customers)
-        {% endif %}
-    ) as inputs
-    group by customer_key
 
 ),
 
@@ -227,16 +214,31 @@ abandonment_history as (
 
 ),
 
-newer_carts as (
+neighbours as (
 
+    -- superseded_at: the creation of the customer's next cart, in (created_at, cart_key) order
     select
-        carts.cart_key,
-        min(newer.created_at) as superseded_at
+        cart_key,
+        lead(created_at) over customer_carts as superseded_at,
+        lead(source_landed_at) over customer_carts as superseder_landed_at
+    from carts_flagged
+    window customer_carts as (partition by customer_key order by created_at, cart_key)
+
+),
+
+dependencies_landed as (
+
+    -- the latest landing among the customer's carts that this cart's row depends on: those
+    -- created before it (history) and those created up to the end of its plan window (its
+    -- superseding, and the coupon offers of carts abandoned before it, which the coupon cap
+    -- chain reads). Multipliers are at most 1, so the longest stage delay bounds every stage.
+    select carts.cart_key, max(others.source_landed_at) as dependencies_landed_at
     from carts_flagged as carts
-    inner join carts_flagged as newer
-        on newer.customer_key = carts.customer_key
-        and newer.cart_key <> carts.cart_key
-        and (newer.created_at, newer.cart_key) > (carts.created_at, carts.cart_key)
+    cross join (select max(delay_minutes) as delay_minutes from stages) as longest_stage
+    inner join carts_flagged as others
+        on others.customer_key = carts.customer_key
+        and others.created_at
+            <= carts.last_activity_at + make_interval(mins => 2) * longest_stage.delay_minutes
     group by carts.cart_key
 
 ),
@@ -348,17 +350,23 @@ final as (
         carts.last_activity_at,
         carts.abandoned_at,
         carts.completed_at,
-        newer_carts.superseded_at,
+        neighbours.superseded_at,
         carts.next_sale_starts_at,
-        customers_landed.source_landed_at
+        -- every input the row was computed from: its own (int_carts_resolved, which includes
+        -- the customer's orders), the carts it depends on, and the cart that supersedes it
+        greatest(
+            carts.source_landed_at,
+            dependencies_landed.dependencies_landed_at,
+            neighbours.superseder_landed_at
+        ) as source_landed_at
 
     from carts_flagged as carts
     cross join policy
     left join order_history on order_history.cart_key = carts.cart_key
     left join recovery_history on recovery_history.cart_key = carts.cart_key
     left join abandonment_history on abandonment_history.cart_key = carts.cart_key
-    left join newer_carts on newer_carts.cart_key = carts.cart_key
-    left join customers_landed on customers_landed.customer_key = carts.customer_key
+    left join neighbours on neighbours.cart_key = carts.cart_key
+    left join dependencies_landed on dependencies_landed.cart_key = carts.cart_key
     left join shop_week_thresholds as thresholds
         on thresholds.shop_id = carts.shop_id
         and thresholds.activity_week = date_trunc('week', carts.last_activity_at at time zone 'UTC')::date
@@ -366,3 +374,8 @@ final as (
 )
 
 select * from final
+{% if is_incremental() %}
+-- every cart of a changed customer was evaluated (history needs them); only the rows with an
+-- input landed since the watermark can differ from the stored ones, so only they are written
+where source_landed_at >= {{ landed_watermark() }}
+{% endif %}

@@ -6,6 +6,7 @@
         indexes=[
             {'columns': ['shop_id', 'identity_kind', 'identity_value'], 'unique': True},
             {'columns': ['landed_at']},
+            {'columns': ['mapping_landed_at']},
         ],
     )
 }}
@@ -79,15 +80,22 @@ ranked as (
             partition by shop_id, identity_kind, identity_value
             order by seen_at nulls last, customer_platform_id
         ) as link_rank,
-        max(landed_at) over (partition by shop_id, identity_kind, identity_value) as latest_landed_at
+        max(landed_at) over (partition by shop_id, identity_kind, identity_value) as latest_landed_at,
+        -- the first landing of this very link (the same account, first seen at the same time)
+        min(landed_at) over (
+            partition by shop_id, identity_kind, identity_value, seen_at, customer_platform_id
+        ) as link_landed_at
     from identities
 
 ),
 
 final as (
 
-    -- the first-seen account wins, against the stored one too; landed_at is the latest landing
-    -- of any link of the identity (the watermark of this model and a change signal downstream)
+    -- the first-seen account wins, against the stored one too. landed_at is the latest landing
+    -- of any link of the identity (this model's watermark); mapping_landed_at is the first
+    -- landing of the winning link, so it moves only when the identity points to another
+    -- account (the change signal downstream: a cart with a known email landing again does not
+    -- re-resolve every cart with that email)
     select
         ranked.shop_id,
         ranked.identity_kind,
@@ -105,11 +113,18 @@ final as (
                 then ranked.seen_at
             else stored.first_seen_at
         end as first_seen_at,
-        greatest(ranked.latest_landed_at, stored.landed_at) as landed_at
+        greatest(ranked.latest_landed_at, stored.landed_at) as landed_at,
+        case
+            when stored.identity_value is null
+                or (ranked.seen_at, ranked.customer_platform_id) < (stored.first_seen_at, stored.customer_platform_id)
+                then ranked.link_landed_at
+            else stored.mapping_landed_at
+        end as mapping_landed_at
         {%- else %}
         ranked.customer_platform_id,
         ranked.seen_at as first_seen_at,
-        ranked.latest_landed_at as landed_at
+        ranked.latest_landed_at as landed_at,
+        ranked.link_landed_at as mapping_landed_at
         {%- endif %}
     from ranked
     {% if is_incremental() %}

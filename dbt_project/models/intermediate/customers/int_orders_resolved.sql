@@ -30,7 +30,7 @@ resolved as (
     select
         orders.*,
         {{ resolved_customer_id('orders') }} as resolved_customer_id,
-        greatest(orders.landed_at, email_links.landed_at, phone_links.landed_at) as source_landed_at
+        greatest(orders.landed_at, {{ links_landed_at() }}) as source_landed_at
     from orders
     {{ identity_link_joins('orders') }}
 

@@ -7,9 +7,12 @@
             {'columns': ['cart_key', 'stage'], 'unique': True},
             {'columns': ['source_landed_at']},
         ],
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select cart_key from {{ ref('int_carts_segmented') }} where source_landed_at >= {{ landed_watermark() }}){% endif %}",
     )
 }}
 
+-- The pre-hook removes the rows of the re-evaluated carts first, so a cart that is no longer
+-- abandoned leaves.
 -- The recovery policy applied to every abandoned cart and stage. One row per cart that was ever
 -- abandoned (as_of is applied by the marts) and stage (recovery_stages), with what the message would carry and why it is not sent, if not.
 --
@@ -33,15 +36,34 @@
 -- policy_coupon_pct keeps what the stage would have offered.
 with recursive
 
+{% if is_incremental() %}
+changed_carts as (
+
+    select cart_key, customer_key from {{ ref('int_carts_segmented') }}
+    where source_landed_at >= {{ landed_watermark() }}
+
+),
+{% endif %}
+
 carts as (
 
-    -- incremental: the carts of customers with new data (int_carts_segmented re-evaluated all
-    -- of their carts, so the coupon cap below sees each changed customer's whole history)
+    -- incremental: every abandoned cart of the customers with a re-evaluated cart, so that the
+    -- coupon cap chain below walks each such customer's whole history; only the re-evaluated
+    -- carts are written (final)
+    {% if is_incremental() -%}
+    -- a lookup per customer through the customer_key index (offset 0: see recovery_plan)
+    select customer_carts.*
+    from (select distinct customer_key from changed_carts) as changed_customers
+    cross join lateral (
+        select * from {{ ref('int_carts_segmented') }} as segmented
+        where segmented.customer_key = changed_customers.customer_key
+            and segmented.was_ever_abandoned
+        offset 0
+    ) as customer_carts
+    {%- else -%}
     select * from {{ ref('int_carts_segmented') }}
     where was_ever_abandoned
-    {% if is_incremental() %}
-        and source_landed_at >= {{ landed_watermark() }}
-    {% endif %}
+    {%- endif %}
 
 ),
 
@@ -322,3 +344,6 @@ final as (
 )
 
 select * from final
+{% if is_incremental() %}
+where cart_key in (select cart_key from changed_carts)
+{% endif %}

@@ -10,25 +10,23 @@
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],
-        post_hook="delete from {{ this }} where not coalesce(is_abandoned, false)",
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select cart_key from {{ ref('int_carts_segmented') }} where source_landed_at >= {{ landed_watermark() }}){% endif %}",
     )
 }}
 
 -- One row per abandoned cart as of var as_of, across platforms. Carts completed after they were
 -- abandoned stay (they are the recoveries); a cart whose activity resumed leaves until it is
 -- abandoned again. Incremental: the carts int_carts_segmented re-evaluated since the last build
--- (every cart of a customer with new data) and the carts that became abandoned because as_of
--- moved on; the post-hook removes the rows that are no longer abandoned. A full refresh gives
--- the same table.
+-- and the carts that became abandoned because as_of moved on; the pre-hook first removes the
+-- re-evaluated carts (by key, through the index), so one that is no longer abandoned leaves. A
+-- full refresh gives the same table.
 with carts as (
 
     select * from {{ ref('int_carts_segmented') }}
-    {% if is_incremental() %}
-    where source_landed_at >= {{ landed_watermark() }}
-        or (was_ever_abandoned and {{ newly_abandoned() }})
-    {% else %}
     where was_ever_abandoned
         and abandoned_at <= {{ as_of() }}
+    {% if is_incremental() %}
+        and (source_landed_at >= {{ landed_watermark() }} or {{ newly_abandoned() }})
     {% endif %}
 
 ),
@@ -69,7 +67,7 @@ final as (
         -- booleans
         email_consent,
         message_consent,
-        was_ever_abandoned and abandoned_at <= {{ as_of() }} as is_abandoned,
+        true as is_abandoned,
         is_completed,
         is_first_time,
         is_repeat_abandoner,

@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_customer_identities') }}
 {{
     config(
         materialized='incremental',
@@ -8,27 +9,19 @@
             {'columns': ['customer_key'], 'unique': True},
             {'columns': ['source_landed_at']},
             {'columns': ['last_abandoned_at']},
+            {'columns': ['shop_id', 'email']},
+            {'columns': ['shop_id', 'phone']},
         ],
+        pre_hook="{% if is_incremental() %}{{ delete_merged_guests() }}{% endif %}",
     )
 }}
+
 
 -- One row per customer (customer_key: per shop, matched by platform customer id, else email,
 -- else phone), with orders, revenue (LTV so far), abandonments, coupons and the holdout flag.
 -- Incremental: the customers with a cart, order or customer record landed since the last build,
 -- and those with a cart that became abandoned because as_of moved on.
-with all_carts as (
-
-    select * from {{ ref('int_carts_segmented') }}
-
-),
-
-all_orders as (
-
-    select * from {{ ref('int_orders_resolved') }}
-
-),
-
-all_customer_records as (
+with all_customer_records as (
 
     select
         {{ customer_key('shop_id', 'customer_platform_id', 'email', 'phone') }} as customer_key,
@@ -38,15 +31,20 @@ all_customer_records as (
 ),
 
 {% if is_incremental() %}
+-- one select per condition (an OR across them would scan every cart instead of the indexes)
 changed_customers as (
 
-    select customer_key from all_carts
+    select customer_key from {{ ref('int_carts_segmented') }}
     where source_landed_at >= {{ landed_watermark() }}
-        or (was_ever_abandoned and {{ newly_abandoned(column='last_abandoned_at') }})
 
     union
 
-    select customer_key from all_orders
+    select customer_key from {{ ref('int_carts_segmented') }}
+    where was_ever_abandoned and {{ newly_abandoned(column='last_abandoned_at') }}
+
+    union
+
+    select customer_key from {{ ref('int_orders_resolved') }}
     where source_landed_at >= {{ landed_watermark() }}
 
     union
@@ -60,7 +58,7 @@ changed_customers as (
 carts as (
 
     select *, was_ever_abandoned and abandoned_at <= {{ as_of() }} as is_abandoned
-    from all_carts
+    from {{ ref('int_carts_segmented') }}
     {% if is_incremental() %}
     where customer_key in (select customer_key from changed_customers)
     {% endif %}
@@ -69,7 +67,7 @@ carts as (
 
 orders as (
 
-    select * from all_orders
+    select * from {{ ref('int_orders_resolved') }}
     where is_placed
     {% if is_incremental() %}
         and customer_key in (select customer_key from changed_customers)
@@ -94,7 +92,7 @@ customers_landed as (
         union all
         select customer_key, source_landed_at from carts
         union all
-        select customer_key, source_landed_at from all_orders
+        select customer_key, source_landed_at from {{ ref('int_orders_resolved') }}
         {% if is_incremental() %}
         where customer_key in (select customer_key from changed_customers)
         {% endif %}

@@ -40,8 +40,20 @@ with abandoned_carts as (
 
 plan as (
 
+    {% if is_incremental() -%}
+    -- a lookup per cart through the (cart_key, stage) index, where a hash join would read every
+    -- row (offset 0 keeps the planner from flattening the lateral subquery into that join)
+    select evaluated.*
+    from abandoned_carts
+    cross join lateral (
+        select * from {{ ref('int_recovery_plan_evaluated') }} as plan_rows
+        where plan_rows.cart_key = abandoned_carts.cart_key
+        offset 0
+    ) as evaluated
+    {%- else -%}
     select * from {{ ref('int_recovery_plan_evaluated') }}
     where cart_key in (select cart_key from abandoned_carts)
+    {%- endif %}
 
 ),
 

@@ -3,11 +3,14 @@
         unique_key=['shop_id', 'checkout_id'],
         indexes=[
             {'columns': ['shop_id', 'checkout_id'], 'unique': True},
+            {'columns': ['shop_id', 'source_cart_id']},
             {'columns': ['landed_at']},
         ],
     )
 }}
 
+-- The (shop_id, source_cart_id) index serves int_carts_resolved, which looks carts up by the
+-- key they have downstream.
 -- Shopify checkouts (REST checkout shape), from checkouts/create|update webhooks and polled
 -- abandoned checkouts: the latest state of each checkout.
 with checkouts as (

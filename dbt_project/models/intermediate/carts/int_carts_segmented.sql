@@ -84,7 +84,6 @@ policy as (
 
     select
         max(case when segment = 'repeat_abandoner' then window_days end) as repeat_abandoner_days,
-        max(case when segment = 'high_value' then window_days end) as high_value_days,
         max(case when segment = 'coupon_cooldown' then window_days end) as coupon_cooldown_days,
         min(case when segment = 'gift_deadline' then delay_multiplier end) as gift_deadline_multiplier
     from {{ ref('segment_policy') }}
@@ -97,31 +96,40 @@ first_stage as (
 
 ),
 
+carts_local as (
+
+    -- the shop-local date of the last activity, computed once per cart
+    select carts.*, (carts.last_activity_at at time zone carts.timezone)::date as local_activity_date
+    from carts
+
+),
+
 carts_in_calendar as (
 
+    -- one pass over the (small) calendar per cart
     select
         carts.*,
-        exists (
-            select 1 from calendar
-            where calendar.event_kind = 'sale'
-                and (carts.last_activity_at at time zone carts.timezone)::date
-                    >= calendar.event_date - calendar.window_days
-                and (carts.last_activity_at at time zone carts.timezone)::date < calendar.event_date
-        ) as is_pre_sale,
-        exists (
-            select 1 from calendar
-            where calendar.event_kind = 'gift_deadline'
-                and (carts.last_activity_at at time zone carts.timezone)::date
-                    >= calendar.event_date - calendar.window_days
-                and (carts.last_activity_at at time zone carts.timezone)::date < calendar.event_date
-        ) as is_gift_deadline,
-        (
-            select min(calendar.event_date::timestamp at time zone carts.timezone)
-            from calendar
-            where calendar.event_kind = 'sale'
-                and calendar.event_date > (carts.last_activity_at at time zone carts.timezone)::date
-        ) as next_sale_starts_at
-    from carts
+        coalesce(windows.is_pre_sale, false) as is_pre_sale,
+        coalesce(windows.is_gift_deadline, false) as is_gift_deadline,
+        windows.next_sale_date::timestamp at time zone carts.timezone as next_sale_starts_at
+    from carts_local as carts
+    left join lateral (
+        select
+            bool_or(
+                calendar.event_kind = 'sale'
+                and carts.local_activity_date >= calendar.event_date - calendar.window_days
+                and carts.local_activity_date < calendar.event_date
+            ) as is_pre_sale,
+            bool_or(
+                calendar.event_kind = 'gift_deadline'
+                and carts.local_activity_date >= calendar.event_date - calendar.window_days
+                and carts.local_activity_date < calendar.event_date
+            ) as is_gift_deadline,
+            min(calendar.event_date) filter (
+                where calendar.event_kind = 'sale' and calendar.event_date > carts.local_activity_date
+            ) as next_sale_date
+        from calendar
+    ) as windows on true
 
 ),
 
@@ -243,38 +251,6 @@ dependencies_landed as (
 
 ),
 
-shop_weeks as (
-
-    select distinct
-        shop_id,
-        date_trunc('week', last_activity_at at time zone 'UTC')::date as activity_week
-    from carts_flagged
-
-),
-
-shop_week_thresholds as (
-
-    select
-        shop_weeks.shop_id,
-        shop_weeks.activity_week,
-        window_values.p90_cart_value,
-        window_values.carts_count
-    from shop_weeks
-    cross join policy
-    cross join lateral (
-        select
-            percentile_cont(0.9) within group (order by earlier.cart_value) as p90_cart_value,
-            count(*) as carts_count
-        from {{ ref('int_carts_resolved') }} as earlier
-        where earlier.shop_id = shop_weeks.shop_id
-            and earlier.cart_value is not null
-            and earlier.last_activity_at
-                >= (shop_weeks.activity_week - coalesce(policy.high_value_days, 90))::timestamp at time zone 'UTC'
-            and earlier.last_activity_at < shop_weeks.activity_week::timestamp at time zone 'UTC'
-    ) as window_values
-
-),
-
 final as (
 
     select
@@ -367,7 +343,7 @@ final as (
     left join abandonment_history on abandonment_history.cart_key = carts.cart_key
     left join neighbours on neighbours.cart_key = carts.cart_key
     left join dependencies_landed on dependencies_landed.cart_key = carts.cart_key
-    left join shop_week_thresholds as thresholds
+    left join {{ ref('int_shop_weekly_cart_values') }} as thresholds
         on thresholds.shop_id = carts.shop_id
         and thresholds.activity_week = date_trunc('week', carts.last_activity_at at time zone 'UTC')::date
 

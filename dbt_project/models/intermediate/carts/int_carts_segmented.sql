@@ -7,6 +7,7 @@
             {'columns': ['cart_key'], 'unique': True},
             {'columns': ['customer_key']},
             {'columns': ['source_landed_at']},
+            {'columns': ['plan_landed_at']},
             {'columns': ['abandoned_at']},
         ],
     )
@@ -334,7 +335,11 @@ final as (
             carts.source_landed_at,
             dependencies_landed.dependencies_landed_at,
             neighbours.superseder_landed_at
-        ) as source_landed_at
+        ) as source_landed_at,
+        -- the inputs the recovery plan depends on: the same without a superseding cart created
+        -- after the plan window (it changes superseded_at, never a stage; one inside the window
+        -- is among the dependencies)
+        greatest(carts.source_landed_at, dependencies_landed.dependencies_landed_at) as plan_landed_at
 
     from carts_flagged as carts
     cross join policy

@@ -7,7 +7,7 @@
             {'columns': ['cart_key', 'stage'], 'unique': True},
             {'columns': ['source_landed_at']},
         ],
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select cart_key from {{ ref('int_carts_segmented') }} where source_landed_at >= {{ landed_watermark() }}){% endif %}",
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select cart_key from {{ ref('int_carts_segmented') }} where plan_landed_at >= {{ landed_watermark() }}){% endif %}",
     )
 }}
 
@@ -40,7 +40,7 @@ with recursive
 changed_carts as (
 
     select cart_key, customer_key from {{ ref('int_carts_segmented') }}
-    where source_landed_at >= {{ landed_watermark() }}
+    where plan_landed_at >= {{ landed_watermark() }}
 
 ),
 {% endif %}
@@ -162,7 +162,7 @@ candidates as (
         carts.coupon_suppressed_reason,
         carts.next_sale_starts_at,
         carts.abandoned_at,
-        carts.source_landed_at
+        carts.plan_landed_at as source_landed_at
     from carts_with_actions as carts
     cross join stages
 

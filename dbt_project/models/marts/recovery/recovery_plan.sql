@@ -11,29 +11,47 @@
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select segmented.cart_key from {{ ref('int_carts_segmented') }} as segmented where segmented.source_landed_at >= {{ landed_watermark() }} and not exists (select 1 from {{ ref('abandoned_carts') }} as carts where carts.cart_key = segmented.cart_key)){% endif %}",
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select segmented.cart_key from {{ ref('int_carts_segmented') }} as segmented where segmented.plan_landed_at >= {{ landed_watermark() }} and not exists (select 1 from {{ ref('abandoned_carts') }} as carts where carts.cart_key = segmented.cart_key)){% endif %}",
     )
 }}
 
 -- The pre-hook drops the plan rows of carts that left abandoned_carts (abandoned_carts has
 -- already been built in this run). Only a cart re-evaluated since this table's watermark can
 -- have left (as_of only moves forward, so a stored abandoned cart stays abandoned until its
--- inputs change), and int_carts_segmented rewrites such a cart with a source_landed_at at or
+-- inputs change), and int_carts_segmented rewrites such a cart with a plan_landed_at at or
 -- after its own watermark, which is at or after ours: so the candidates are the carts of
 -- int_carts_segmented landed since our watermark (an index scan), not every plan row.
 
 -- One row per abandoned cart and stage: when it falls due, over which channel, with which
 -- template and coupon, or why it is not sent (suppressed_reason; see int_recovery_plan_evaluated).
 -- The dispatcher reads the rows that are due and not suppressed; its send-time guard re-checks
--- live data. Incremental like abandoned_carts: all stages of the re-evaluated carts are replaced
--- (delete+insert on cart_key); the pre-hook drops carts that left abandoned_carts.
-with abandoned_carts as (
+-- live data. Incremental: all stages of the carts whose plan was re-evaluated, and of the carts
+-- that became abandoned, are replaced (delete+insert on cart_key); the pre-hook drops carts that
+-- left abandoned_carts.
+with
 
-    select cart_key, shop_id, platform, abandoned_at, source_landed_at
+{% if is_incremental() %}
+changed_carts as (
+
+    -- carts whose plan changed, and carts that became abandoned because as_of moved on (a cart
+    -- whose abandoned_carts row changed without its plan keeps the same rows here)
+    select cart_key from {{ ref('int_recovery_plan_evaluated') }}
+    where source_landed_at >= {{ landed_watermark() }}
+
+    union
+
+    select cart_key from {{ ref('abandoned_carts') }}
+    where {{ newly_abandoned() }}
+
+),
+{% endif %}
+
+abandoned_carts as (
+
+    select cart_key, shop_id, platform, abandoned_at
     from {{ ref('abandoned_carts') }}
     {% if is_incremental() %}
-    where source_landed_at >= {{ landed_watermark() }}
-        or {{ newly_abandoned() }}
+    where cart_key in (select cart_key from changed_carts)
     {% endif %}
 
 ),
@@ -86,7 +104,7 @@ final as (
         plan.due_at,
         plan.coupon_expires_at,
         abandoned_carts.abandoned_at,
-        abandoned_carts.source_landed_at
+        plan.source_landed_at
 
     from plan
     inner join abandoned_carts

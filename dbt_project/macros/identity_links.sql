@@ -5,16 +5,29 @@
     alike.
 #}
 
-{# The left joins that bring in `email_links` and `phone_links` for the records aliased `alias`. #}
+{#
+    The left joins that bring in `email_links` and `phone_links` for the records aliased `alias`.
+    In an incremental build (few records) each is a lookup per record through the identity index
+    (lateral, offset 0: the planner would otherwise hash the whole identity table).
+#}
 {% macro identity_link_joins(alias) -%}
-    left join {{ ref('int_customer_identities') }} as email_links
-        on email_links.shop_id = {{ alias }}.shop_id
-        and email_links.identity_kind = 'email'
-        and email_links.identity_value = {{ alias }}.email
-    left join {{ ref('int_customer_identities') }} as phone_links
-        on phone_links.shop_id = {{ alias }}.shop_id
-        and phone_links.identity_kind = 'phone'
-        and phone_links.identity_value = {{ alias }}.phone
+    {%- for kind in ['email', 'phone'] %}
+    {%- if is_incremental() %}
+    left join lateral (
+        select links.customer_platform_id, links.mapping_landed_at
+        from {{ ref('int_customer_identities') }} as links
+        where links.shop_id = {{ alias }}.shop_id
+            and links.identity_kind = '{{ kind }}'
+            and links.identity_value = {{ alias }}.{{ kind }}
+        offset 0
+    ) as {{ kind }}_links on true
+    {%- else %}
+    left join {{ ref('int_customer_identities') }} as {{ kind }}_links
+        on {{ kind }}_links.shop_id = {{ alias }}.shop_id
+        and {{ kind }}_links.identity_kind = '{{ kind }}'
+        and {{ kind }}_links.identity_value = {{ alias }}.{{ kind }}
+    {%- endif %}
+    {%- endfor %}
 {%- endmacro %}
 
 {# The resolved platform customer id, given identity_link_joins. #}

@@ -137,9 +137,19 @@ carts_with_contacts as (
         carts.ingest_path,
         greatest(carts.landed_at, carts.links_landed_at, customer_records.landed_at) as cart_landed_at
     from carts_with_customer_id as carts
+    {% if is_incremental() -%}
+    -- a lookup per cart through each platform's customer key index (offset 0: see relinked_rows)
+    left join lateral (
+        select * from {{ ref('int_customers_unioned') }} as records
+        where records.shop_id = carts.shop_id
+            and records.customer_platform_id = carts.resolved_customer_id
+        offset 0
+    ) as customer_records on true
+    {%- else -%}
     left join customer_records
         on customer_records.shop_id = carts.shop_id
         and customer_records.customer_platform_id = carts.resolved_customer_id
+    {%- endif %}
     left join shops
         on shops.shop_id = carts.shop_id
 

@@ -48,11 +48,20 @@ changed_carts as (
 
 abandoned_carts as (
 
+    {% if is_incremental() -%}
+    -- a lookup per changed cart through the cart_key index (offset 0: see plan below)
+    select carts.*
+    from changed_carts
+    cross join lateral (
+        select cart_key, shop_id, platform, abandoned_at
+        from {{ ref('abandoned_carts') }} as abandoned
+        where abandoned.cart_key = changed_carts.cart_key
+        offset 0
+    ) as carts
+    {%- else -%}
     select cart_key, shop_id, platform, abandoned_at
     from {{ ref('abandoned_carts') }}
-    {% if is_incremental() %}
-    where cart_key in (select cart_key from changed_carts)
-    {% endif %}
+    {%- endif %}
 
 ),
 

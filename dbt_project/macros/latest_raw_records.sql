@@ -22,13 +22,7 @@
 {% macro latest_raw_records(platform, entity, webhook_topics, record_id, updated_at, id_column, open_predicate=none) %}
     {%- set open_expression = open_predicate if open_predicate else 'true' -%}
     {%- if is_incremental() %}
-        {%- set landed_since -%}
-            (
-                select coalesce(max(landed_at), '-infinity'::timestamptz)
-                    - make_interval(mins => {{ var('landing_lookback_minutes') }})
-                from {{ this }}
-            )
-        {%- endset -%}
+        {%- set landed_since = watermark_literal('max(landed_at)') -%}
     {%- endif %}
     select
         best.shop_id,

@@ -5,17 +5,37 @@
 
     The intermediate and mart models carry `source_landed_at`: the latest landing time (raw
     webhook received_at / poll fetched_at) of every input the row was computed from (for a cart:
-    its own versions, the identity links and customer record it resolved through and all of its
-    customer's orders and carts). It is a function of the data alone, so an incremental build
-    and a full refresh write the same value, and each layer re-evaluates exactly the rows whose
+    its own versions, the identity mappings and customer record it resolved through, its
+    customer's orders, the customer's carts it depends on and the cart that supersedes it; see
+    int_carts_segmented). It is a function of the data alone, so an incremental build and a full
+    refresh write the same value, and each layer re-evaluates and writes only the rows whose
     inputs landed since its watermark.
 #}
 {% macro landed_watermark(column='source_landed_at') -%}
-    (
-        select coalesce(max({{ column }}), '-infinity'::timestamptz)
-            - make_interval(mins => {{ var('landing_lookback_minutes') }})
-        from {{ this }}
-    )
+    {{ watermark_literal('max(' ~ column ~ ')') }}
+{%- endmacro %}
+
+
+{#
+    `aggregate` over {{ this }} minus var landing_lookback_minutes, read when the model runs and
+    written into the SQL as a literal ('-infinity' when the table is empty). A literal, not a
+    subquery: the planner then estimates from the column's statistics and reads the few rows
+    past the watermark through the index, where a subquery's unknown value makes it assume a
+    third of the table and scan all of it.
+#}
+{% macro watermark_literal(aggregate) -%}
+    {%- if execute -%}
+        {%- set sql -%}
+            select (
+                coalesce({{ aggregate }}, '-infinity'::timestamptz)
+                    - make_interval(mins => {{ var('landing_lookback_minutes') }})
+            )::text
+            from {{ this }}
+        {%- endset -%}
+        '{{ run_query(sql).columns[0].values()[0] }}'::timestamptz
+    {%- else -%}
+        '-infinity'::timestamptz
+    {%- endif -%}
 {%- endmacro %}
 
 
@@ -26,11 +46,7 @@
 #}
 {% macro newly_abandoned(abandoned_at='abandoned_at', column='abandoned_at') -%}
     (
-        {{ abandoned_at }} >= (
-            select coalesce(max({{ column }}), '-infinity'::timestamptz)
-                - make_interval(mins => {{ var('landing_lookback_minutes') }})
-            from {{ this }}
-        )
+        {{ abandoned_at }} >= {{ watermark_literal('max(' ~ column ~ ')') }}
         and {{ abandoned_at }} <= {{ as_of() }}
     )
 {%- endmacro %}

@@ -10,7 +10,7 @@
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key in (select cart_key from {{ ref('int_carts_segmented') }} where source_landed_at >= {{ landed_watermark() }}){% endif %}",
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key = any(array(select cart_key from {{ ref('int_carts_segmented') }} where source_landed_at >= {{ landed_watermark() }})){% endif %}",
     )
 }}
 
@@ -18,7 +18,8 @@
 -- abandoned stay (they are the recoveries); a cart whose activity resumed leaves until it is
 -- abandoned again. Incremental: the carts int_carts_segmented re-evaluated since the last build
 -- and the carts that became abandoned because as_of moved on; the pre-hook first removes the
--- re-evaluated carts (by key, through the index), so one that is no longer abandoned leaves. A
+-- re-evaluated carts (by key, through the index: `= any(array(...))`), so one that is no longer
+-- abandoned leaves. A
 -- full refresh gives the same table.
 with carts as (
 

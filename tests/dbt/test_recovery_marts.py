@@ -8,11 +8,14 @@ incremental build after new data equals a full refresh.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import timedelta
 
 import psycopg2
 import pytest
 from dbt_raw_rows import (
+    DBT_PROJECT,
     RawBatch,
     at,
     cart_key,
@@ -551,3 +554,26 @@ def test_incremental_build_equals_full_refresh(built):
         ):
             difference = query(built, f"select * from {left} except all select * from {right}")
             assert difference == [], f"{left} has rows {right} lacks: {difference[:3]}"
+
+
+def test_as_of_from_the_environment_and_a_clear_error_when_malformed(built):
+    """The DAG passes as_of as CART_RECOVERY_AS_OF (no var, so dbt's partial parse holds)."""
+    env = {key: value for key, value in os.environ.items() if key != "CART_RECOVERY_AS_OF"}
+
+    def compile_abandoned_carts(as_of: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["dbt", "compile", "--select", "abandoned_carts"],
+            cwd=DBT_PROJECT,
+            env={**env, "CART_RECOVERY_AS_OF": as_of},
+            capture_output=True,
+            text=True,
+        )
+
+    good = compile_abandoned_carts("2026-12-28 12:00:00+00:00")
+    assert good.returncode == 0, good.stdout[-3000:]
+    assert "'2026-12-28 12:00:00+00:00'::timestamptz" in good.stdout
+
+    bad = compile_abandoned_carts("yesterday")
+    assert bad.returncode != 0
+    assert "CART_RECOVERY_AS_OF must be an ISO 8601 timestamp with a UTC offset" in bad.stdout
+    assert "got 'yesterday'" in bad.stdout

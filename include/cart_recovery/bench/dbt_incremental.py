@@ -3,7 +3,8 @@
 Lands ``history`` synthetic Shopify checkouts (the REST shape of docs/raw-layer.md) in
 ``raw.polled_records`` of a dedicated ``<warehouse>_bench`` database, runs every model with
 ``--full-refresh``, lands ``new`` more carts one hour later and runs the models again
-(incremental), then once more with nothing new. Target (issue 4): the incremental build takes at
+(incremental), then once more with nothing new. as_of goes in CART_RECOVERY_AS_OF, as the
+cart_transform DAG passes it. Target (issue 4): the incremental build takes at
 most 10% of the full build and at most 30 s on the 2-core machine.
 """
 

@@ -2,8 +2,9 @@
 ### cart_transform
 
 Builds the dbt project (`dbt_project/`) through Cosmos: staging per platform, the unified cart
-model, customer history, segments, the holdout and the recovery plan. Each dbt model is a task,
-followed by its tests; a test over two models runs after both.
+model, customer history, segments, the holdout and the recovery plan. Each dbt model (and seed)
+is a task running `dbt build --select <model>`: the model, then its tests; a test over two models
+runs in the task of the later one.
 
 - **Schedule:** whenever `cart_ingest` lands new raw data (Asset `cart-recovery://warehouse/raw`),
   and on demand.

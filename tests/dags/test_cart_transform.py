@@ -106,8 +106,9 @@ def _run(dag, run_after: datetime):
 
 def test_renders_every_dbt_node_as_a_task(cart_transform):
     task_ids = set(cart_transform.task_ids)
-    assert {"decide_build", "publish_recovery_plan", "dbt.recovery_stages.seed"} <= task_ids
-    assert {"dbt.abandoned_carts.run", "dbt.recovery_plan.run", "dbt.recovery_plan.test"} <= task_ids
+    assert {"decide_build", "publish_recovery_plan", "dbt.recovery_stages_seed_build"} <= task_ids
+    assert {"dbt.abandoned_carts_model_build", "dbt.recovery_plan_model_build"} <= task_ids
+    assert not [task_id for task_id in task_ids if task_id.endswith((".run", ".test"))]
 
 
 def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):

@@ -6,21 +6,19 @@
 #}
 
 {#
-    The left joins that bring in `email_links` and `phone_links` for the records aliased `alias`.
-    In an incremental build (few records) each is a lookup per record through the identity index
-    (lateral, offset 0: the planner would otherwise hash the whole identity table).
+    The left joins that bring in `email_links` and `phone_links` for the records aliased `alias`;
+    in an incremental build (few records), lookups through the identity index (keyed_lookup).
 #}
 {% macro identity_link_joins(alias) -%}
     {%- for kind in ['email', 'phone'] %}
     {%- if is_incremental() %}
-    left join lateral (
-        select links.customer_platform_id, links.mapping_landed_at
-        from {{ ref('int_customer_identities') }} as links
-        where links.shop_id = {{ alias }}.shop_id
-            and links.identity_kind = '{{ kind }}'
-            and links.identity_value = {{ alias }}.{{ kind }}
-        offset 0
-    ) as {{ kind }}_links on true
+    {{ keyed_lookup(
+        ref('int_customer_identities'),
+        kind ~ '_links',
+        {'shop_id': alias ~ '.shop_id', 'identity_kind': "'" ~ kind ~ "'", 'identity_value': alias ~ '.' ~ kind},
+        columns=kind ~ '_links.customer_platform_id, ' ~ kind ~ '_links.mapping_landed_at',
+        outer=true,
+    ) }}
     {%- else %}
     left join {{ ref('int_customer_identities') }} as {{ kind }}_links
         on {{ kind }}_links.shop_id = {{ alias }}.shop_id
@@ -66,20 +64,14 @@
 {#
     The `columns` of the rows of `relation` (with shop_id, email and phone) whose email or phone
     was linked to another account since the calling model's watermark: a lookup per changed
-    identity through an index on (shop_id, email) and (shop_id, phone) of `relation` (offset 0
-    keeps the planner from turning the lateral subquery into a join that reads every row).
+    identity through an index on (shop_id, email) and (shop_id, phone) of `relation`.
 #}
 {% macro relinked_rows(relation, columns) -%}
     {%- for kind in ['email', 'phone'] %}
     {% if not loop.first %}union{% endif %}
     select {% for column in columns %}records.{{ column }}{% if not loop.last %}, {% endif %}{% endfor %}
     from {{ ref('int_customer_identities') }} as identities
-    cross join lateral (
-        select * from {{ relation }} as records
-        where records.shop_id = identities.shop_id
-            and records.{{ kind }} = identities.identity_value
-        offset 0
-    ) as records
+    {{ keyed_lookup(relation, 'records', {'shop_id': 'identities.shop_id', kind: 'identities.identity_value'}) }}
     where identities.identity_kind = '{{ kind }}'
         and identities.mapping_landed_at >= {{ landed_watermark() }}
     {%- endfor %}

@@ -75,17 +75,14 @@ changed_carts as (
 carts as (
 
     {% if is_incremental() -%}
-    -- a lookup per changed cart through each platform's staging key index (offset 0: see
-    -- relinked_rows), where a join would read every cart
+    -- through each platform's staging key index
     select unioned.*
     from changed_carts
-    cross join lateral (
-        select * from {{ ref('int_carts_unioned') }} as unioned
-        where unioned.platform = changed_carts.platform
-            and unioned.shop_id = changed_carts.shop_id
-            and unioned.source_cart_id = changed_carts.source_cart_id
-        offset 0
-    ) as unioned
+    {{ keyed_lookup(ref('int_carts_unioned'), 'unioned', {
+        'platform': 'changed_carts.platform',
+        'shop_id': 'changed_carts.shop_id',
+        'source_cart_id': 'changed_carts.source_cart_id',
+    }) }}
     {%- else -%}
     select * from {{ ref('int_carts_unioned') }}
     {% endif %}
@@ -138,13 +135,10 @@ carts_with_contacts as (
         greatest(carts.landed_at, carts.links_landed_at, customer_records.landed_at) as cart_landed_at
     from carts_with_customer_id as carts
     {% if is_incremental() -%}
-    -- a lookup per cart through each platform's customer key index (offset 0: see relinked_rows)
-    left join lateral (
-        select * from {{ ref('int_customers_unioned') }} as records
-        where records.shop_id = carts.shop_id
-            and records.customer_platform_id = carts.resolved_customer_id
-        offset 0
-    ) as customer_records on true
+    {{ keyed_lookup(ref('int_customers_unioned'), 'customer_records', {
+        'shop_id': 'carts.shop_id',
+        'customer_platform_id': 'carts.resolved_customer_id',
+    }, outer=true) }}
     {%- else -%}
     left join customer_records
         on customer_records.shop_id = carts.shop_id

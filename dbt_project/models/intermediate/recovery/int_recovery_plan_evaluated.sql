@@ -52,15 +52,10 @@ carts as (
     -- coupon cap chain below walks each such customer's whole history; only the re-evaluated
     -- carts are written (final)
     {% if is_incremental() -%}
-    -- a lookup per customer through the customer_key index (offset 0: see recovery_plan)
     select customer_carts.*
     from (select distinct customer_key from changed_carts) as changed_customers
-    cross join lateral (
-        select * from {{ ref('int_carts_segmented') }} as segmented
-        where segmented.customer_key = changed_customers.customer_key
-            and segmented.was_ever_abandoned
-        offset 0
-    ) as customer_carts
+    {{ keyed_lookup(ref('int_carts_segmented'), 'customer_carts',
+        {'customer_key': 'changed_customers.customer_key'}, condition='customer_carts.was_ever_abandoned') }}
     {%- else -%}
     select * from {{ ref('int_carts_segmented') }}
     where was_ever_abandoned

@@ -49,15 +49,10 @@ changed_carts as (
 abandoned_carts as (
 
     {% if is_incremental() -%}
-    -- a lookup per changed cart through the cart_key index (offset 0: see plan below)
     select carts.*
     from changed_carts
-    cross join lateral (
-        select cart_key, shop_id, platform, abandoned_at
-        from {{ ref('abandoned_carts') }} as abandoned
-        where abandoned.cart_key = changed_carts.cart_key
-        offset 0
-    ) as carts
+    {{ keyed_lookup(ref('abandoned_carts'), 'carts', {'cart_key': 'changed_carts.cart_key'},
+        columns='carts.cart_key, carts.shop_id, carts.platform, carts.abandoned_at') }}
     {%- else -%}
     select cart_key, shop_id, platform, abandoned_at
     from {{ ref('abandoned_carts') }}
@@ -68,15 +63,9 @@ abandoned_carts as (
 plan as (
 
     {% if is_incremental() -%}
-    -- a lookup per cart through the (cart_key, stage) index, where a hash join would read every
-    -- row (offset 0 keeps the planner from flattening the lateral subquery into that join)
     select evaluated.*
     from abandoned_carts
-    cross join lateral (
-        select * from {{ ref('int_recovery_plan_evaluated') }} as plan_rows
-        where plan_rows.cart_key = abandoned_carts.cart_key
-        offset 0
-    ) as evaluated
+    {{ keyed_lookup(ref('int_recovery_plan_evaluated'), 'evaluated', {'cart_key': 'abandoned_carts.cart_key'}) }}
     {%- else -%}
     select * from {{ ref('int_recovery_plan_evaluated') }}
     where cart_key in (select cart_key from abandoned_carts)

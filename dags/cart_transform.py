@@ -3,8 +3,8 @@
 
 Builds the dbt project (`dbt_project/`) through Cosmos: staging per platform, the unified cart
 model, customer history, segments, the holdout and the recovery plan. Each dbt model (and seed)
-is a task running `dbt build --select <model>`: the model, then its tests; a test over two models
-runs in the task of the later one.
+is a task running `dbt build --select <model>`: the model, then its data tests (unit tests run in
+CI); a test over two models runs in the task of the later one.
 
 - **Schedule:** whenever `cart_ingest` lands new raw data (Asset `cart-recovery://warehouse/raw`),
   and on demand.
@@ -57,7 +57,8 @@ def cart_transform():
         operator_args={
             # as_of as an environment variable, not a var: a var that changes every run forces
             # dbt to re-parse the whole project in every task (macro as_of reads it at run time).
-            "env": {"CART_RECOVERY_AS_OF": AS_OF},
+            # Unit tests check the SQL, not the data: they run in CI (tests/dbt), not every build.
+            "env": {"CART_RECOVERY_AS_OF": AS_OF, "DBT_EXCLUDE_RESOURCE_TYPES": "unit_test"},
             "full_refresh": "{{ ti.xcom_pull(task_ids='decide_build')['full_refresh'] }}",
         },
         **cosmos_configs(),

@@ -210,11 +210,11 @@ def run(*, history: int = 1_000_000, new: int = 10_000) -> dict[str, Any]:
     }
 
 
-def main(history: int, new: int) -> dict[str, Any]:
+def main(history: int, new: int, *, quick: bool = False) -> dict[str, Any]:
     from cart_recovery.bench.results import write_result
 
     result = run(history=history, new=new)
     url = result.pop("_database")
-    path = write_result(NAME, result, url)
+    path = write_result(NAME, result, url, quick=quick)
     log.info("%s: %s", NAME, os.fspath(path))
     return result

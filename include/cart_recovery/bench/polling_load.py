@@ -226,19 +226,13 @@ def run(*, carts: int = 100_000, profile: bool = False) -> dict[str, Any]:
             child.close()
 
 
-def main(carts: int = 100_000, *, profile: bool = False) -> dict[str, Any]:
+def main(carts: int = 100_000, *, profile: bool = False, quick: bool = False) -> dict[str, Any]:
     from cart_recovery.bench.results import write_result
 
-    database = Database.from_env().with_suffix("_bench")
-    started = database.start()  # False when the server was already running
-    try:
-        result = run(carts=carts, profile=profile)
-        url = result.pop("_database")
-        profile_text = result.pop("profile_top_cumulative", None)
-        path = write_result(NAME, result, url)
-    finally:
-        if started:
-            database.stop()
+    result = run(carts=carts, profile=profile)
+    url = result.pop("_database")
+    profile_text = result.pop("profile_top_cumulative", None)
+    path = write_result(NAME, result, url, quick=quick)
     log.info("%s: %s", NAME, os.fspath(path))
     if profile_text:
         print(profile_text, file=sys.stderr)

@@ -32,7 +32,9 @@ def machine(database_url: str) -> dict[str, Any]:
     }
 
 
-def write_result(name: str, result: dict[str, Any], database_url: str) -> Path:
+def write_result(name: str, result: dict[str, Any], database_url: str, *, quick: bool = False) -> Path:
+    """Write ``bench/results/<name>.json``; a ``--quick`` run writes ``<name>.quick.json`` instead,
+    so it never replaces the reference result."""
     document = {
         "benchmark": name,
         # Wall-clock time of the measurement itself: this is a report, not pipeline logic.
@@ -40,6 +42,6 @@ def write_result(name: str, result: dict[str, Any], database_url: str) -> Path:
         "machine": machine(database_url),
         **result,
     }
-    path = results_dir() / f"{name}.json"
+    path = results_dir() / f"{name}{'.quick' if quick else ''}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path

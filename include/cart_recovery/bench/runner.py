@@ -14,19 +14,21 @@ log = logging.getLogger(__name__)
 def _dbt_incremental(quick: bool) -> dict[str, Any]:
     from cart_recovery.bench import dbt_incremental
 
-    return dbt_incremental.main(history=50_000 if quick else 1_000_000, new=500 if quick else 10_000)
+    return dbt_incremental.main(
+        history=50_000 if quick else 1_000_000, new=500 if quick else 10_000, quick=quick
+    )
 
 
 def _webhook_ingest(quick: bool) -> dict[str, Any]:
     from cart_recovery.bench import webhook_ingest
 
-    return webhook_ingest.main(duration_s=10 if quick else 60)
+    return webhook_ingest.main(duration_s=10 if quick else 60, quick=quick)
 
 
 def _polling_load(quick: bool) -> dict[str, Any]:
     from cart_recovery.bench import polling_load
 
-    return polling_load.main(carts=10_000 if quick else 100_000)
+    return polling_load.main(carts=10_000 if quick else 100_000, quick=quick)
 
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -44,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
     )
-    parser.add_argument("--quick", action="store_true", help="small workloads, to check the harness")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small workloads, to check the harness (results go to <name>.quick.json)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

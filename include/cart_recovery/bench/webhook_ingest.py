@@ -448,19 +448,15 @@ def _measure(url: str, *, duration_s: float, clients: int, workers: int, baselin
     }
 
 
-def main(duration_s: float, clients: int = 50, workers: int | None = None) -> dict[str, Any]:
+def main(
+    duration_s: float, clients: int = 50, workers: int | None = None, *, quick: bool = False
+) -> dict[str, Any]:
     from cart_recovery.bench.results import write_result
 
-    database = Database.from_env()
-    started = database.start()  # the embedded server, when it is the one in use
-    try:
-        result = run(
-            duration_s=duration_s, clients=clients, workers=workers, baseline_s=3 if duration_s < 30 else 5
-        )
-        url = result.pop("_database")
-        path = write_result(NAME, result, url)
-    finally:
-        if started:
-            database.stop()
+    result = run(
+        duration_s=duration_s, clients=clients, workers=workers, baseline_s=3 if duration_s < 30 else 5
+    )
+    url = result.pop("_database")
+    path = write_result(NAME, result, url, quick=quick)
     log.info("%s: %s", NAME, os.fspath(path))
     return result

@@ -16,11 +16,11 @@
     )
 }}
 
-
 -- One row per customer (customer_key: per shop, matched by platform customer id, else email,
 -- else phone), with orders, revenue (LTV so far), abandonments, coupons and the holdout flag.
 -- Incremental: the customers with a cart, order or customer record landed since the last build,
--- and those with a cart that became abandoned because as_of moved on.
+-- and those with a cart that became abandoned because as_of moved on; the pre-hook
+-- (delete_merged_guests) removes a guest whose email or phone now belongs to an account.
 with all_customer_records as (
 
     select

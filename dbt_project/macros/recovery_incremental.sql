@@ -50,3 +50,25 @@
         and {{ abandoned_at }} <= {{ as_of() }}
     )
 {%- endmacro %}
+
+
+{#
+    Pre-hook of a cart-keyed incremental model: deletes the rows of the carts int_carts_segmented
+    re-evaluated since this model's watermark (`landed_column`: source_landed_at or
+    plan_landed_at), so a cart that no longer qualifies leaves before the build writes the ones
+    that do. `only_if` narrows the carts (SQL over `segmented`). `= any(array(...))` makes it one
+    index lookup per key, where `in (subquery)` may hash every row of the table.
+#}
+{% macro delete_reevaluated_carts(landed_column, only_if=none) -%}
+    {%- if is_incremental() -%}
+    delete from {{ this }}
+    where cart_key = any(array(
+        select segmented.cart_key
+        from {{ ref('int_carts_segmented') }} as segmented
+        where segmented.{{ landed_column }} >= {{ landed_watermark() }}
+            {%- if only_if %}
+            and {{ only_if }}
+            {%- endif %}
+    ))
+    {%- endif -%}
+{%- endmacro %}

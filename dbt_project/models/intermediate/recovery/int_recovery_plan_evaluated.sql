@@ -7,13 +7,12 @@
             {'columns': ['cart_key', 'stage'], 'unique': True},
             {'columns': ['source_landed_at']},
         ],
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key = any(array(select cart_key from {{ ref('int_carts_segmented') }} where plan_landed_at >= {{ landed_watermark() }})){% endif %}",
+        pre_hook="{{ delete_reevaluated_carts('plan_landed_at') }}",
     )
 }}
 
--- The pre-hook removes the rows of the re-evaluated carts first, so a cart that is no longer
--- abandoned leaves (`= any(array(...))`: one index lookup per key, where `in (subquery)` may
--- hash every row of the table).
+-- The pre-hook (delete_reevaluated_carts) removes the rows of the re-evaluated carts first, so a
+-- cart that is no longer abandoned leaves.
 -- The recovery policy applied to every abandoned cart and stage. One row per cart that was ever
 -- abandoned (as_of is applied by the marts) and stage (recovery_stages), with what the message would carry and why it is not sent, if not.
 --

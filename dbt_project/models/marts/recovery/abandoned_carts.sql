@@ -10,17 +10,16 @@
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key = any(array(select cart_key from {{ ref('int_carts_segmented') }} where source_landed_at >= {{ landed_watermark() }})){% endif %}",
+        pre_hook="{{ delete_reevaluated_carts('source_landed_at') }}",
     )
 }}
 
 -- One row per abandoned cart as of var as_of, across platforms. Carts completed after they were
 -- abandoned stay (they are the recoveries); a cart whose activity resumed leaves until it is
 -- abandoned again. Incremental: the carts int_carts_segmented re-evaluated since the last build
--- and the carts that became abandoned because as_of moved on; the pre-hook first removes the
--- re-evaluated carts (by key, through the index: `= any(array(...))`), so one that is no longer
--- abandoned leaves. A
--- full refresh gives the same table.
+-- and the carts that became abandoned because as_of moved on; the pre-hook
+-- (delete_reevaluated_carts) first removes the re-evaluated carts, so one that is no longer
+-- abandoned leaves. A full refresh gives the same table.
 with carts as (
 
     select * from {{ ref('int_carts_segmented') }}

@@ -11,7 +11,7 @@
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where cart_key = any(array(select segmented.cart_key from {{ ref('int_carts_segmented') }} as segmented where segmented.plan_landed_at >= {{ landed_watermark() }} and not exists (select 1 from {{ ref('abandoned_carts') }} as carts where carts.cart_key = segmented.cart_key))){% endif %}",
+        pre_hook="{{ delete_reevaluated_carts('plan_landed_at', only_if='not exists (select 1 from ' ~ ref('abandoned_carts') ~ ' as carts where carts.cart_key = segmented.cart_key)') }}",
     )
 }}
 

@@ -85,6 +85,7 @@
     identity mapping changed since the watermark, deleted when nothing resolves to them anymore.
 #}
 {% macro delete_merged_guests() %}
+    {%- if is_incremental() %}
     delete from {{ this }} as guests
     where guests.customer_key in (
             select relinked.customer_key
@@ -99,4 +100,5 @@
             select 1 from {{ ref('int_orders_resolved') }} as orders
             where orders.customer_key = guests.customer_key
         )
+    {%- endif %}
 {% endmacro %}

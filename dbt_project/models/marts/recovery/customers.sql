@@ -12,7 +12,7 @@
             {'columns': ['shop_id', 'email']},
             {'columns': ['shop_id', 'phone']},
         ],
-        pre_hook="{% if is_incremental() %}{{ delete_merged_guests() }}{% endif %}",
+        pre_hook="{{ delete_merged_guests() }}",
     )
 }}
 

@@ -12,9 +12,13 @@ entity, and lands them in `raw.polled_records`. One mapped task per shop.
   (rows that failed the great-expectations checks, with the reasons), `ops.validation_runs`
   (counts per shop, entity and interval), `ops.ingest_watermarks`; emits the Asset
   `cart-recovery://warehouse/raw` that `cart_transform` is scheduled on.
-- **Backfill / re-run:** the window ends at the run's `data_interval_end`, never at the wall
-  clock, and a re-run of an interval stores nothing twice. Watermarks only move forward: to
-  re-poll history, delete the shop's rows from `ops.ingest_watermarks` and trigger a run.
+- **One shop failing:** its `poll_shop` task fails (and is retried) on its own; `publish_raw`
+  still runs for what the other shops landed, so their carts are planned, and the last task,
+  `all_shops_polled`, fails the run so the failure stays visible in the grid.
+- **Backfill / re-run:** the window ends at the run's time (`cart_recovery.runtime.run_time`:
+  the data interval end, or `run_after` for a run without one), never at the wall clock, and a
+  re-run of an interval stores nothing twice. Watermarks only move forward: to re-poll history,
+  delete the shop's rows from `ops.ingest_watermarks` and trigger a run.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import json
 import os
 
 import pendulum
-from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
 
 from cart_recovery.transform import ASSET_RAW
 
@@ -49,26 +54,35 @@ def cart_ingest():
     def poll_shop(shop: dict) -> dict:
         """Poll one shop up to the run's interval end; returns the counts per entity."""
         from cart_recovery.ingest import ingest_shop, warehouse_url
+        from cart_recovery.runtime import run_time
         from cart_recovery.shops import Shop
 
-        context = get_current_context()
-        interval_end = context.get("data_interval_end") or context["dag_run"].run_after
+        interval_end = run_time(get_current_context())
         report = ingest_shop(Shop.model_validate(shop), interval_end=interval_end, conn_url=warehouse_url())
         # XCom holds JSON: times in the report (windows, watermarks) become ISO strings.
         return {"shop_id": shop["id"], **json.loads(json.dumps(report, default=str))}
 
-    @task(outlets=[Asset(ASSET_RAW)])
+    @task(outlets=[Asset(ASSET_RAW)], trigger_rule=TriggerRule.ALL_DONE)
     def publish_raw(reports: list[dict]) -> dict:
-        """Marks `raw` as updated (so `cart_transform` runs) and totals the counts."""
-        totals: dict[str, int] = {}
-        for report in reports:
+        """Marks `raw` as updated (so `cart_transform` runs) for the shops that were polled."""
+        polled = [report for report in reports if report]
+        if not polled:
+            raise AirflowSkipException("no shop was polled successfully: nothing to publish")
+        totals: dict[str, int] = {"shops": len(polled)}
+        for report in polled:
             for counts in report.values():
                 if isinstance(counts, dict) and "loaded" in counts:
                     for key in ("fetched", "loaded", "unchanged", "quarantined"):
                         totals[key] = totals.get(key, 0) + counts[key]
         return totals
 
-    publish_raw(poll_shop.expand(shop=configured_shops()))
+    @task
+    def all_shops_polled() -> None:
+        """Runs only when every shop's poll succeeded; otherwise the run fails here, visibly."""
+
+    polls = poll_shop.expand(shop=configured_shops())
+    publish_raw(polls)
+    polls >> all_shops_polled()
 
 
 cart_ingest()

@@ -6,8 +6,12 @@ model, customer history, segments, the holdout and the recovery plan. Each dbt m
 is a task running `dbt build --select <model>`: the model, then its data tests (unit tests run in
 CI); a test over two models runs in the task of the later one.
 
-- **Schedule:** whenever `cart_ingest` lands new raw data (Asset `cart-recovery://warehouse/raw`),
-  and on demand.
+- **Schedule:** whenever `cart_ingest` has polled (Asset `cart-recovery://warehouse/raw`), or
+  when shop webhooks landed that the last build has not seen (Asset
+  `cart-recovery://warehouse/raw/webhook_events`, emitted by the watcher trigger
+  `WebhookEventsTrigger` in `plugins/`, which checks `raw.webhook_events` every 15 s), and on
+  demand. A cart that arrives by webhook is planned within about a minute and a half, without
+  waiting for a poll.
 - **Reads:** schemas `raw` and `ops`, and the seeds in `policy` that analysts edit.
 - **Writes:** schemas `staging`, `intermediate`, `marts`; `ops.transform_runs`; emits the Asset
   `cart-recovery://warehouse/marts/recovery_plan` (with the plan's counts) that the dispatcher
@@ -15,25 +19,35 @@ CI); a test over two models runs in the task of the later one.
 - **Incremental or full:** `decide_build` builds incrementally unless this is the first build,
   the run plans for an earlier moment than the last one (a backfill), a privacy erasure happened
   since the last build, or the run was triggered with the param `full_refresh: true`.
-- **Backfill:** `cart-recovery airflow dags backfill cart_transform --from-date ... --to-date ...`;
-  the run's data interval end is passed to dbt as `as_of` (environment
-  variable `CART_RECOVERY_AS_OF`), so a replay plans as of that time.
+- **The run's time (`as_of`):** `decide_build` takes it from the run
+  (`cart_recovery.runtime.run_time`): the data interval end of a scheduled or backfill run, else
+  the logical date, else `run_after`, which is all an asset-triggered run has. dbt gets it as the
+  environment variable `CART_RECOVERY_AS_OF`, so a replay plans as of that time.
+- **Backfill:** `cart-recovery airflow dags backfill cart_transform --from-date ... --to-date ...`.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AssetWatcher, Param, dag, get_current_context, task
+from cart_recovery_triggers import WebhookEventsTrigger  # plugins/: the triggerer imports it from there
 from cosmos import DbtTaskGroup
 
-from cart_recovery.transform import ASSET_RAW, ASSET_RECOVERY_PLAN, cosmos_configs
+from cart_recovery.transform import ASSET_RAW, ASSET_RECOVERY_PLAN, ASSET_WEBHOOK_EVENTS, cosmos_configs
 
 RECOVERY_PLAN = Asset(ASSET_RECOVERY_PLAN)
-AS_OF = "{{ (data_interval_end or logical_date or run_after) | string }}"
+# Polled data lands through cart_ingest, which emits ASSET_RAW; webhooks land outside Airflow, so
+# a watcher (a trigger run by the triggerer) emits ASSET_WEBHOOK_EVENTS when one lands unbuilt.
+WEBHOOK_EVENTS = Asset(
+    ASSET_WEBHOOK_EVENTS,
+    watchers=[AssetWatcher(name="shop_webhooks_landed", trigger=WebhookEventsTrigger(poll_interval=15))],
+)
+# The run's time, decided once by decide_build (cart_recovery.runtime.run_time) and read back here.
+AS_OF = "{{ ti.xcom_pull(task_ids='decide_build')['as_of'] }}"
 
 
 @dag(
-    schedule=[Asset(ASSET_RAW)],
+    schedule=Asset(ASSET_RAW) | WEBHOOK_EVENTS,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -44,13 +58,15 @@ AS_OF = "{{ (data_interval_end or logical_date or run_after) | string }}"
 )
 def cart_transform():
     @task
-    def decide_build(as_of: str, params=None) -> dict:
-        """Incremental or full refresh, and why (see the DAG docs)."""
+    def decide_build(params=None) -> dict:
+        """The run's time (`as_of`), and whether to build incrementally or in full, and why."""
         from cart_recovery.plan import decide_build as decide
+        from cart_recovery.runtime import run_time
 
-        return decide(as_of, requested=bool(params["full_refresh"]))
+        as_of = run_time(get_current_context()).isoformat()
+        return {"as_of": as_of, **decide(as_of, requested=bool(params["full_refresh"]))}
 
-    decision = decide_build(AS_OF)
+    decision = decide_build()
 
     dbt_build = DbtTaskGroup(
         group_id="dbt",
@@ -65,16 +81,16 @@ def cart_transform():
     )
 
     @task(outlets=[RECOVERY_PLAN])
-    def publish_recovery_plan(as_of: str, decision: dict, *, outlet_events=None, run_id=None) -> dict:
+    def publish_recovery_plan(decision: dict, *, outlet_events=None, run_id=None) -> dict:
         """Records the build and emits the recovery-plan Asset with the plan's counts."""
         from cart_recovery.plan import record_build, recovery_plan_summary
 
-        summary = recovery_plan_summary(as_of)
-        record_build(run_id, as_of, decision, summary)
+        summary = recovery_plan_summary(decision["as_of"])
+        record_build(run_id, decision["as_of"], decision, summary)
         outlet_events[RECOVERY_PLAN].extra = summary
         return summary
 
-    decision >> dbt_build >> publish_recovery_plan(AS_OF, decision)
+    decision >> dbt_build >> publish_recovery_plan(decision)
 
 
 cart_transform()

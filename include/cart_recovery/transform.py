@@ -54,3 +54,38 @@ def cosmos_configs() -> dict[str, Any]:
             test_indirect_selection=TestIndirectSelection.BUILDABLE,
         ),
     }
+
+
+ASSET_WEBHOOK_EVENTS = "cart-recovery://warehouse/raw/webhook_events"
+
+# The newest shop webhook (channel webhooks such as WhatsApp have shop_id '') and the time the
+# last cart_transform build planned for. A backward scan of the primary key, then one row.
+_NEWEST_WEBHOOK_SQL = """
+select e.event_id, e.received_at, (select max(as_of) from ops.transform_runs) as last_build_as_of
+from raw.webhook_events e
+where e.shop_id <> ''
+order by e.event_id desc
+limit 1
+"""
+
+
+async def unbuilt_webhook_event(conn_url: str, after_event_id: int | None) -> tuple[int, Any] | None:
+    """The newest shop webhook newer than ``after_event_id`` and not yet seen by a build, if any.
+
+    Returns ``(event_id, received_at)`` when a shop webhook landed after the last build's
+    ``as_of`` (or there was no build yet); ``None`` when there is nothing new for the transform.
+    Used by the webhook watcher trigger in ``plugins/`` to start ``cart_transform``.
+    """
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(conn_url, autocommit=True, connect_timeout=10) as conn:
+        cursor = await conn.execute(_NEWEST_WEBHOOK_SQL)
+        row = await cursor.fetchone()
+    if row is None:
+        return None
+    event_id, received_at, last_build_as_of = row
+    if after_event_id is not None and event_id <= after_event_id:
+        return None
+    if last_build_as_of is not None and received_at <= last_build_as_of:
+        return None
+    return event_id, received_at

@@ -27,8 +27,8 @@ import json
 import os
 
 import pendulum
-from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from cart_recovery.transform import ASSET_RAW
 
@@ -65,7 +65,8 @@ def cart_ingest():
     @task(outlets=[Asset(ASSET_RAW)], trigger_rule=TriggerRule.ALL_DONE)
     def publish_raw(reports: list[dict]) -> dict:
         """Marks `raw` as updated (so `cart_transform` runs) for the shops that were polled."""
-        polled = [report for report in reports if report]
+        # By index: iterating the lazy sequence asks for one XCom past the end (a logged 404).
+        polled = [reports[i] for i in range(len(reports)) if reports[i]]
         if not polled:
             raise AirflowSkipException("no shop was polled successfully: nothing to publish")
         totals: dict[str, int] = {"shops": len(polled)}

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from cart_recovery import __version__, bootstrap, settings
 from cart_recovery.database import Database, embedded_server, migrate
@@ -121,27 +122,109 @@ def _passthrough(tool: str, argv: list[str]) -> int:
         return subprocess.call([tool, *argv], env=env, cwd=cwd)
 
 
-def _up(args: argparse.Namespace) -> int:
-    from cart_recovery.stack import AirflowStack
+def _port_free(port: int) -> bool:
+    import socket
 
-    with running_database() as database:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _up(args: argparse.Namespace) -> int:
+    from cart_recovery.shops import load_shops, shops_file_path
+    from cart_recovery.stack import (
+        LocalStack,
+        airflow_components,
+        demo_shops,
+        pipeline_status,
+        webhook_component,
+    )
+
+    for what, port, option in (
+        ("Airflow", args.port, "--port"),
+        ("the webhook service", args.webhook_port, "--webhook-port"),
+    ):
+        if not _port_free(port):
+            raise CartRecoveryError(
+                f"port {port} for {what} is taken: stop what uses it, or pass {option} <free port>."
+            )
+    database = Database.from_env()
+    started = database.start()
+    code = 1
+    try:
         env = project_environment(database)
+        # The local stack runs the project's DAGs as soon as they are parsed (a newcomer should not
+        # have to find the toggle); production deployments keep Airflow's default, paused.
+        # Tasks report to the api-server's execution API: on the port chosen here.
+        env["AIRFLOW__API__BASE_URL"] = f"http://localhost:{args.port}"
+        env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{args.port}/execution/")
+        env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = os.environ.get(
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False"
+        )
         print(
             f"Preparing the database ({'embedded' if database.embedded else 'configured'}: "
             f"{database.warehouse.render_as_string(hide_password=True)}) ...",
             flush=True,
         )
         bootstrap.prepare(database, env)
-        user, password = admin_credentials()
-        print(
-            f"\nAirflow is starting: http://localhost:{args.port}  (ready in about 30 s)\n"
-            f"  login: {user} / {password}"
-            f"   (set {settings.ADMIN_USER_ENV} / {settings.ADMIN_PASSWORD_ENV})\n"
-            f"  warehouse: {database.warehouse.render_as_string(hide_password=True)}\n"
-            "  Ctrl-C stops Airflow" + (" and the embedded database." if database.embedded else "."),
-            flush=True,
-        )
-        return AirflowStack(env=env, port=args.port).run_until_interrupted()
+        webhook_url = f"http://127.0.0.1:{args.webhook_port}"
+        with contextlib.ExitStack() as resources:
+            shops_file = shops_file_path()
+            if shops_file.exists():
+                shops = load_shops(shops_file)
+                print(f"\nShops from {shops_file}: " + ", ".join(f"{s.id} ({s.platform})" for s in shops))
+            else:
+                env.update(
+                    resources.enter_context(demo_shops(Path(env["AIRFLOW_HOME"]) / "demo", webhook_url))
+                )
+                print(
+                    f"\nDEMO SHOPS: no shops file at {shops_file}, so the shop simulator serves four demo "
+                    "shops (Shopify, WooCommerce, Ticimax, Ideasoft) whose customers shop in real time.\n"
+                    "  To use real shops instead: write config/shops.yaml and their connections "
+                    "(README: Adding a shop), then run make up again."
+                )
+            connections = sorted(
+                k[len("AIRFLOW_CONN_") :].lower() for k in env if k.startswith("AIRFLOW_CONN_")
+            )
+            print("Connections: " + ", ".join(connections))
+            if _DOTENV_LOADED:
+                print(f"From {_DOTENV_LOADED[0]}: " + ", ".join(_DOTENV_LOADED[1:]))
+            user, password = admin_credentials()
+            log_dir = Path(env["AIRFLOW_HOME"]) / "logs" / "stack"
+            print(
+                f"\nAirflow is starting: http://localhost:{args.port}  (ready in about 30 s)\n"
+                f"  login: {user} / {password}"
+                f"   (set {settings.ADMIN_USER_ENV} / {settings.ADMIN_PASSWORD_ENV})\n"
+                f"  webhook service: {webhook_url}/webhooks/<platform>\n"
+                f"  warehouse: {database.warehouse.render_as_string(hide_password=True)}  "
+                '(psql "$(cart-recovery db url)")\n'
+                f"  component logs: {log_dir}/<component>.log; task logs in the UI\n"
+                "  Ctrl-C stops everything.\n",
+                flush=True,
+            )
+            components = [*airflow_components(args.port), webhook_component(args.webhook_port)]
+            stack = LocalStack(
+                env=env,
+                components=components,
+                log_dir=log_dir,
+                status=lambda: pipeline_status(database.url),
+            )
+            code = stack.run_until_interrupted()
+    finally:
+        if started:
+            database.stop()
+            print("Stopped the embedded database (this command had started it).", flush=True)
+        elif database.embedded:
+            print(
+                "The embedded database was already running before this command, so it is left running "
+                "(`cart-recovery db stop` stops it).",
+                flush=True,
+            )
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run Airflow locally until Ctrl-C")
     up.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_AIRFLOW_PORT", 8080)))
+    up.add_argument(
+        "--webhook-port", type=int, default=int(os.environ.get("CART_RECOVERY_WEBHOOK_PORT", 8081))
+    )
     up.set_defaults(handler=_up)
 
     from cart_recovery.simulator import command as simulate_command
@@ -193,13 +279,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DOTENV_LOADED: list[str] = []  # [path, names...] of what .env set, for `up` to report
+
+
+def load_dotenv_file(paths: settings.Paths | None = None) -> list[str]:
+    """The project's ``.env`` into the environment; variables already set win. Returns the names."""
+    from dotenv import dotenv_values
+
+    path = (paths or settings.Paths.from_env()).home / ".env"
+    if not path.exists():
+        return []
+    loaded = []
+    for name, value in dotenv_values(path).items():
+        if value is not None and name not in os.environ:
+            os.environ[name] = value
+            loaded.append(name)
+    if loaded:
+        _DOTENV_LOADED[:] = [str(path), *sorted(loaded)]
+    return loaded
+
+
 def main(argv: list[str] | None = None) -> int:
+    load_dotenv_file()
+    # Every command uses the project's Airflow home, never Airflow's default ~/airflow.
+    os.environ.setdefault(
+        "AIRFLOW_HOME",
+        os.environ.get(settings.AIRFLOW_HOME_ENV) or str(settings.Paths.from_env().airflow_home()),
+    )
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.handler(args)
     except CartRecoveryError as exc:

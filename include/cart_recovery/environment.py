@@ -29,9 +29,10 @@ def _jwt_secret(airflow_home: Path) -> str:
 
 
 def admin_credentials() -> tuple[str, str]:
+    # An empty value (as in a .env copied from .env.example) counts as unset.
     return (
-        os.environ.get(settings.ADMIN_USER_ENV, "admin"),
-        os.environ.get(settings.ADMIN_PASSWORD_ENV, "admin"),
+        os.environ.get(settings.ADMIN_USER_ENV) or "admin",
+        os.environ.get(settings.ADMIN_PASSWORD_ENV) or "admin",
     )
 
 
@@ -65,7 +66,10 @@ def project_environment(
     """The full environment for a child process (or for ``os.environ`` in tests)."""
     paths = paths or settings.Paths.from_env()
     base = dict(os.environ if base is None else base)
-    airflow_home = paths.airflow_home(airflow_profile)
+    # CART_RECOVERY_AIRFLOW_HOME moves Airflow's home (a second local stack, the end-to-end test);
+    # a global AIRFLOW_HOME from the user's shell never does, so ~/airflow is never touched.
+    configured_home = base.get(settings.AIRFLOW_HOME_ENV)
+    airflow_home = Path(configured_home) if configured_home else paths.airflow_home(airflow_profile)
     airflow_home.mkdir(parents=True, exist_ok=True)
     user, _ = admin_credentials()
     venv_bin = str(Path(sys.executable).parent)
@@ -75,8 +79,11 @@ def project_environment(
         "AIRFLOW__CORE__DAGS_FOLDER": str(paths.dags),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(paths.plugins),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        # The LocalExecutor, with the tasks' imports loaded before it forks (cart_recovery.executor).
+        "AIRFLOW__CORE__EXECUTOR": "cart_recovery.executor.PreloadingLocalExecutor",
+        "GX_ANALYTICS_ENABLED": "False",
+        # Sized for the machine: the LocalExecutor starts this many worker processes.
+        "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * (os.cpu_count() or 2))),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_passwords_file(airflow_home)),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database.airflow_sqlalchemy_url,
@@ -85,6 +92,9 @@ def project_environment(
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         # The project's package and the Cosmos cache live beside the DAGs, not in ~/.
         "AIRFLOW__COSMOS__CACHE_DIR": str(airflow_home / "cosmos_cache"),
+        # Task groups keyed by their folder's full path: intermediate/recovery and marts/recovery
+        # are two groups, not one (cart_recovery.transform groups the dbt graph by folder).
+        "AIRFLOW__COSMOS__ENABLE_HIERARCHICAL_NAMING_FOR_GROUP_NODES_BY_FOLDER": "True",
         f"AIRFLOW_CONN_{settings.WAREHOUSE_CONN_ID.upper()}": json.dumps(
             {
                 "conn_type": "postgres",

@@ -44,6 +44,9 @@ def cosmos_configs() -> dict[str, Any]:
             # task per model and another per model's tests cost about a second each in dbt
             # start-up, half of a run that finds nothing new).
             test_behavior=TestBehavior.BUILD,
+            # A task group per folder (seeds, staging per platform, intermediate, marts): the graph
+            # in the UI reads like the dbt project's layers.
+            group_nodes_by_folder=True,
         ),
         "execution_config": ExecutionConfig(
             execution_mode=ExecutionMode.LOCAL,

@@ -106,8 +106,14 @@ def _run(dag, run_after: datetime):
 
 def test_renders_every_dbt_node_as_a_task(cart_transform):
     task_ids = set(cart_transform.task_ids)
-    assert {"decide_build", "publish_recovery_plan", "dbt.recovery_stages_seed_build"} <= task_ids
-    assert {"dbt.abandoned_carts_model_build", "dbt.recovery_plan_model_build"} <= task_ids
+    assert {"decide_build", "publish_recovery_plan", "dbt.seeds.recovery_stages_seed_build"} <= task_ids
+    # One task group per dbt folder, so the graph reads layer by layer.
+    assert {
+        "dbt.models.staging.shopify.stg_shopify__checkouts_model_build",
+        "dbt.models.intermediate.recovery.int_recovery_plan_evaluated_model_build",
+        "dbt.models.marts.recovery.abandoned_carts_model_build",
+        "dbt.models.marts.recovery.recovery_plan_model_build",
+    } <= task_ids
     assert not [task_id for task_id in task_ids if task_id.endswith((".run", ".test"))]
 
 

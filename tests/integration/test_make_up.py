@@ -1,97 +1,164 @@
-"""``make up``'s processes serve the API with the project's DAGs listed, and stop on Ctrl-C."""
+"""``make up`` end to end, the way a newcomer runs it: the real components, the scheduler doing the work.
+
+``cart-recovery up`` starts the api-server, scheduler, dag-processor, triggerer and the webhook
+service, with no shops file, so the simulator's four demo shops run live. Nothing here calls
+``dag.test()`` or triggers a run: the test only watches, through the REST API and the warehouse,
+until
+
+- ``cart_ingest`` ran on its schedule and succeeded,
+- ``cart_transform`` ran because of its Asset and succeeded, and ``marts.recovery_plan`` holds the
+  demo shops' carts,
+- a cart sent by webhook (signed like the platform signs it) reaches ``marts.recovery_plan``
+  without any poll, through the webhook watcher's Asset event,
+
+then sends Ctrl-C and checks that every process stopped. It uses its own databases
+(``<test db>_e2e``), Airflow home and ports, so it never meets the other tests' data.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from cart_recovery.bench.live_pipeline import UpProcess, fresh_databases, parse_time
 from cart_recovery.environment import admin_credentials
 
 pytestmark = pytest.mark.slow
 
-EXPECTED_DAGS = {p.stem for p in (Path(__file__).resolve().parents[2] / "dags").glob("*.py")}
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED_DAGS = {p.stem for p in (ROOT / "dags").glob("*.py")}
+DEMO_SHOPS = {"anatolia-shopify", "hudson-woo", "kapadokya-ticimax", "ege-ideasoft"}
+WEBHOOK_ASSET = "cart-recovery://warehouse/raw/webhook_events"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"cart-recovery up exited early with {process.returncode}"
-        try:
-            result = predicate()
-            if result:
-                return result
-        except httpx.HTTPError as exc:
-            last_error = exc
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
-
-
-def test_up_serves_the_dags_and_stops_on_ctrl_c(airflow_db, dbt_manifest, tmp_path):
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "cart-recovery"), "up", "--port", str(port)],
-            env=os.environ.copy(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    children: list[psutil.Process] = []
+@pytest.fixture
+def stack(database, dbt_manifest, tmp_path) -> Iterator[UpProcess]:
+    up = UpProcess(
+        db_url=fresh_databases(database, "_e2e").url,
+        airflow_home=tmp_path / "airflow",
+        env_overrides={"CART_RECOVERY_SHOPS_FILE": str(tmp_path / "no-shops.yaml")},  # none: demo shops
+    ).start()
     try:
-        _wait_for(
-            lambda: httpx.get(f"{base}/api/v2/monitor/health", timeout=5).status_code == 200,
-            180,
-            "the api-server",
-            process,
-        )
-        user, password = admin_credentials()
-        token_response = httpx.post(
-            f"{base}/auth/token", json={"username": user, "password": password}, timeout=10
-        )
-        assert token_response.status_code in (200, 201), token_response.text
-        token = token_response.json()["access_token"]
-        rejected = httpx.get(f"{base}/api/v2/dags", timeout=10)
-        assert rejected.status_code == 401
-
-        def listed_dags():
-            response = httpx.get(
-                f"{base}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}, timeout=10
-            )
-            response.raise_for_status()
-            dag_ids = {dag["dag_id"] for dag in response.json()["dags"]}
-            return dag_ids if dag_ids >= EXPECTED_DAGS else None
-
-        assert _wait_for(listed_dags, 180, "the DAGs to be listed", process) >= EXPECTED_DAGS
-        children = psutil.Process(process.pid).children(recursive=True)
-        assert len(children) >= 4  # api-server, scheduler, dag-processor, triggerer (and their workers)
+        yield up
     finally:
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        try:
-            code = process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"cart-recovery up did not stop on Ctrl-C:\n{log_path.read_text()[-3000:]}")
-    assert code == 0, log_path.read_text()[-3000:]
+        up.kill()
+
+
+def _webhook_cart(checkout_id: int, now: datetime):
+    """A Shopify checkout of the demo shop, abandoned two hours ago, as Shopify's webhook sends it."""
+    from cart_recovery.simulator.data import Cart, Customer, LineItem, Product, Variant, default_shops
+    from cart_recovery.simulator.webhooks import delivery
+
+    shop = next(s for s in default_shops(1) if s.id == "anatolia-shopify")
+    moment = now - timedelta(hours=2)
+    variant = Variant(id=41_000_000_001, title="M", price=Decimal("749.90"), inventory_quantity=5)
+    product = Product(
+        id=8_000_009_001,
+        title="Keten Gömlek",
+        product_type="apparel",
+        variants=[variant],
+        size_chart=None,
+        created_at=moment,
+        updated_at=moment,
+    )
+    customer = Customer(
+        id=7_999_000_001,
+        first_name="Ayşe",
+        last_name="Yılmaz",
+        email="ayse.e2e@example.com",
+        phone="+905321234567",
+        locale="tr",
+        email_consent=True,
+        whatsapp_consent=True,
+        created_at=moment - timedelta(days=30),
+        updated_at=moment - timedelta(days=30),
+    )
+    cart = Cart(
+        id=checkout_id,
+        token="e2e0000000000000000000000000token",
+        customer=customer,
+        email=customer.email,
+        phone=customer.phone,
+        currency="TRY",
+        items=[LineItem(product, variant, 1)],
+        created_at=moment,
+        updated_at=moment,
+    )
+    return delivery(shop, cart, created=True)
+
+
+def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
+    user, password = admin_credentials()
+    stack.login(user, password)
+    assert httpx.get(f"{stack.base}/api/v2/dags", timeout=10).status_code == 401
+
+    def listed_dags():
+        dags = {d["dag_id"]: d for d in stack.api("dags")["dags"]}
+        return dags if set(dags) >= EXPECTED_DAGS else None
+
+    dags = stack.wait_for(listed_dags, 180, "the DAGs to be listed")
+    assert not any(dags[d]["is_paused"] for d in EXPECTED_DAGS), "the local stack runs its DAGs unpaused"
+
+    # 1. cart_ingest on its schedule (nothing here triggers a run).
+    ingest = stack.wait_for(
+        lambda: stack.succeeded_runs("cart_ingest", "scheduled"), 300, "a scheduled cart_ingest run"
+    )[0]
+    polled = dict(stack.query("select shop_id, count(*) from raw.polled_records group by 1"))
+    assert set(polled) == DEMO_SHOPS, polled
+
+    # 2. cart_transform because of the Asset; then the plan holds every demo shop's carts.
+    transform = stack.wait_for(
+        lambda: stack.succeeded_runs("cart_transform", "asset_triggered"),
+        420,
+        "an asset-triggered cart_transform",
+    )[0]
+    assert transform["logical_date"] is None  # the case that broke: no data interval, no logical date
+    assert parse_time(transform["run_after"]) >= parse_time(ingest["run_after"])
+    planned = dict(stack.query("select shop_id, count(*) from marts.recovery_plan group by 1"))
+    assert set(planned) == DEMO_SHOPS, f"plan rows per shop: {planned}"
+    ((as_of,),) = stack.query(
+        "select as_of from ops.transform_runs where run_id = %s", transform["dag_run_id"]
+    )
+    assert as_of == parse_time(transform["run_after"])  # the run's time, from run_after
+
+    # 3. A cart that arrives by webhook is planned without a poll: the webhook watcher's Asset event.
+    sent_at = datetime.now(UTC)
+    webhook = _webhook_cart(38_000_000_001, sent_at)
+    answer = httpx.post(
+        f"{stack.webhook_url}/webhooks/shopify", content=webhook.body, headers=webhook.headers
+    )
+    assert answer.status_code == 200, answer.text
+
+    def webhook_cart_planned():
+        return stack.query(
+            "select count(*) from marts.recovery_plan join marts.abandoned_carts using (cart_key) "
+            "where abandoned_carts.shop_id = 'anatolia-shopify' and abandoned_carts.email = %s",
+            "ayse.e2e@example.com",
+        )[0][0]
+
+    assert stack.wait_for(webhook_cart_planned, 300, "the webhook cart in marts.recovery_plan") == 3
+    print(f"webhook cart planned {(datetime.now(UTC) - sent_at).total_seconds():.0f} s after it was sent")
+    watcher_runs = [
+        run
+        for run in stack.succeeded_runs("cart_transform", "asset_triggered")
+        if WEBHOOK_ASSET in stack.consumed_asset_uris("cart_transform", run["dag_run_id"])
+    ]
+    assert watcher_runs, "no cart_transform run was started by the webhook watcher"
+
+    # 4. Ctrl-C stops everything it started, the running tasks first.
+    children = psutil.Process(stack.process.pid).children(recursive=True)
+    assert len(children) >= 5  # api-server, scheduler, dag-processor, triggerer, webhooks (and workers)
+    assert stack.stop() == 0, stack.output()
+    assert "Stopped." in stack.output()
     time.sleep(1)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"processes left running: {alive}"
     with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{base}/api/v2/monitor/health", timeout=2)
+        httpx.get(f"{stack.base}/api/v2/monitor/health", timeout=2)

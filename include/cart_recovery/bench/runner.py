@@ -31,10 +31,17 @@ def _polling_load(quick: bool) -> dict[str, Any]:
     return polling_load.main(carts=10_000 if quick else 100_000, quick=quick)
 
 
+def _live_pipeline(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import live_pipeline
+
+    return live_pipeline.main(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "dbt_incremental": _dbt_incremental,
     "webhook_ingest": _webhook_ingest,
     "polling_load": _polling_load,
+    "live_pipeline": _live_pipeline,
 }
 
 

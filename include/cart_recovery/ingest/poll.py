@@ -150,6 +150,8 @@ def ingest_entity(
         with closing(batches):  # stops and joins the fetching thread if a load fails
             for batch in batches:
                 batch = _dedupe(batch)
+                if batch:
+                    _prepare_validation_once(entity)
                 verdict = validate_batch(entity, batch, interval_end)
                 fetched_at = datetime.now(UTC)  # audit only: when the rows arrived
                 with conn, conn.cursor() as cur:
@@ -229,6 +231,21 @@ def _long_lived_heap_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+_PREPARED: set[str] = set()
+
+
+def _prepare_validation_once(entity: str) -> None:
+    """Build ``entity``'s suite (importing great-expectations) at its first non-empty batch.
+
+    A poll that finds nothing new never imports great-expectations: that import is most of a
+    task's time (about 8 s here). What it loads is long-lived, so it joins the frozen heap.
+    """
+    if entity not in _PREPARED:
+        prepare_validation([entity])
+        gc.freeze()
+        _PREPARED.add(entity)
+
+
 def warehouse_url(conn_id: str | None = None) -> str:
     """The warehouse as a libpq URL, from its Airflow connection (``cart_recovery_warehouse``)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -262,7 +279,6 @@ def ingest_shop(
     if unknown:
         raise ValueError(f"{shop.platform} shops are not polled for {unknown}; choose from {client.entities}")
     report: dict = {}
-    prepare_validation(chosen)  # the suites belong to the long-lived heap frozen below
     conn = psycopg2.connect(conn_url)
     try:
         with _long_lived_heap_frozen():

@@ -117,9 +117,37 @@ def _passthrough(tool: str, argv: list[str]) -> int:
         cwd = None
         if tool == "dbt":
             cwd = env["DBT_PROJECT_DIR"]
+            if argv[:2] == ["docs", "serve"] and not any(
+                a == "--port" or a.startswith("--port=") for a in argv
+            ):
+                # dbt's default, 8080, is Airflow's; README "Ports" lists the project's ports.
+                argv = [*argv, "--port", os.environ.get("CART_RECOVERY_DBT_DOCS_PORT", "8082")]
         elif argv[:1] not in (["db"], ["version"], []):
             bootstrap.prepare(database, env)
-        return subprocess.call([tool, *argv], env=env, cwd=cwd)
+        return _run_forwarding_signals([tool, *argv], env=env, cwd=cwd)
+
+
+def _run_forwarding_signals(command: list[str], *, env: dict[str, str], cwd: str | None) -> int:
+    """Run ``command`` to completion; SIGTERM and SIGHUP sent to this process go on to it.
+
+    (Ctrl-C reaches both through the terminal's process group; this process then waits for the
+    child to finish rather than dying first.)
+    """
+    import signal
+
+    child = subprocess.Popen(command, env=env, cwd=cwd)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _port_free(port: int) -> bool:

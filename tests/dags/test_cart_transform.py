@@ -97,8 +97,9 @@ def clean_warehouse(database):
     return database
 
 
-def _run(dag, run_after: datetime):
-    dag_run = dag.test(run_after=run_after, logical_date=run_after)
+def _run(dag, run_after: datetime, *, logical_date: datetime | None = None):
+    """One run; without a logical date it has the shape of an asset-triggered run (no data interval)."""
+    dag_run = dag.test(run_after=run_after, logical_date=logical_date)
     failed = {ti.task_id: ti.state for ti in dag_run.get_task_instances() if ti.state != "success"}
     assert dag_run.state == "success", failed
     return dag_run
@@ -119,7 +120,7 @@ def test_renders_every_dbt_node_as_a_task(cart_transform):
 
 def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):
     database = clean_warehouse
-    _run(cart_transform, RUN_AFTER)
+    _run(cart_transform, RUN_AFTER, logical_date=RUN_AFTER)  # a scheduled or backfill run
 
     rows = _query(database, "select stage, suppressed_reason, due_at from marts.recovery_plan order by stage")
     assert [stage for stage, _, _ in rows] == [1, 2, 3]
@@ -131,9 +132,14 @@ def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):
     # A new cart lands; the next run builds incrementally and picks it up.
     with psycopg2.connect(database.url) as conn:
         _land(conn, 2, RUN_AFTER + timedelta(minutes=10))
+    # No logical date and no data interval, as when cart_transform runs on its Asset: the run's
+    # time is run_after (this failed to render with `{{ data_interval_end }}`).
     _run(cart_transform, RUN_AFTER + timedelta(hours=2))
-    runs = _query(database, "select full_refresh, reason from ops.transform_runs order by as_of")
-    assert runs == [(True, "first build"), (False, "incremental")]
+    runs = _query(database, "select full_refresh, reason, as_of from ops.transform_runs order by as_of")
+    assert runs == [
+        (True, "first build", RUN_AFTER),
+        (False, "incremental", RUN_AFTER + timedelta(hours=2)),
+    ]
     assert _query(database, "select count(*) from marts.abandoned_carts") == [(2,)]
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from polling_helpers import INTERVAL_END
+from sqlalchemy import func
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "cart_ingest.py"
 
@@ -35,3 +38,62 @@ def test_dag_polls_every_shop_for_its_interval(simulator, airflow_db, warehouse,
         (newest,) = cur.fetchone()
     assert set(stored) == {s.id for s in simulator.shops}
     assert newest <= INTERVAL_END
+
+
+@pytest.mark.slow
+def test_a_failing_shop_does_not_hold_back_the_others(
+    simulator, airflow_db, warehouse, tmp_path, monkeypatch
+):
+    """One shop's API is down: the others land and the raw Asset is published for them; the
+    failed shop's task and the run stay failed, so the failure is visible in the grid."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from cart_recovery.transform import ASSET_RAW
+
+    shops = [shop.model_dump(mode="json") for shop in simulator.shop_models()]
+    down = next(s for s in shops if s["platform"] == "woocommerce")
+    down_connection = simulator.connection(down["id"])
+    down_connection["host"] = "http://127.0.0.1:9/wp-json/wc/v3"  # nothing listens on port 9
+    monkeypatch.setenv(f"AIRFLOW_CONN_{down['conn_id'].upper()}", json.dumps(down_connection))
+    shops_file = tmp_path / "shops.yaml"
+    shops_file.write_text(yaml.safe_dump({"shops": shops}))
+    monkeypatch.setenv("CART_RECOVERY_SHOPS_FILE", str(shops_file))
+    dag = DagBag(dag_folder=str(DAG_FILE)).dags["cart_ingest"]
+    for task in dag.tasks:
+        task.retries = 0  # fail now, not after the production retry delays
+    with create_session() as session:
+        events_before = session.scalar(
+            select(func.count())
+            .select_from(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == ASSET_RAW)
+        )
+
+    run = dag.test(logical_date=INTERVAL_END)
+
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed", states
+    polls = {index: state for (task_id, index), state in states.items() if task_id == "poll_shop"}
+    down_index = shops.index(down)
+    assert polls.pop(down_index) == "failed"
+    assert set(polls.values()) == {"success"}
+    assert states[("publish_raw", -1)] == "success"
+    assert states[("all_shops_polled", -1)] == "upstream_failed"
+    with create_session() as session:
+        events_after = session.scalar(
+            select(func.count())
+            .select_from(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == ASSET_RAW)
+        )
+    assert events_after == events_before + 1
+    with warehouse.cursor() as cur:
+        cur.execute(
+            "select distinct shop_id from raw.polled_records where shop_id = any(%s)",
+            ([s["id"] for s in shops],),
+        )
+        landed = {row[0] for row in cur.fetchall()}
+    assert landed == {s["id"] for s in shops} - {down["id"]}

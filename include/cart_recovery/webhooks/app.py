@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg2
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from cart_recovery import __version__, privacy
@@ -49,6 +49,25 @@ class _InvalidJson(ValueError):
     pass
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, so it renders without internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title}: API docs",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
 def create_app(config: WebhookConfig | None = None) -> FastAPI:
     """The app; ``config`` defaults to the environment (shops file, connections, database URL)."""
     config = config or WebhookConfig.from_env()
@@ -66,7 +85,9 @@ def create_app(config: WebhookConfig | None = None) -> FastAPI:
         version=__version__,
         description=__doc__,
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets: FastAPI's default loads them from a CDN
     )
+    _offline_docs(app)
     app.state.config = config
     app.state.store = store
     app.add_middleware(ShopWebhookFastPath, config=config, store=store)

@@ -206,9 +206,9 @@ def _up(args: argparse.Namespace) -> int:
                 shops = load_shops(shops_file)
                 print(f"\nShops from {shops_file}: " + ", ".join(f"{s.id} ({s.platform})" for s in shops))
             else:
-                env.update(
-                    resources.enter_context(demo_shops(Path(env["AIRFLOW_HOME"]) / "demo", webhook_url))
-                )
+                every_s = float(os.environ.get("CART_RECOVERY_DEMO_ACTIVITY_S") or 20)
+                demo = demo_shops(Path(env["AIRFLOW_HOME"]) / "demo", webhook_url, every_s=every_s)
+                env.update(resources.enter_context(demo))
                 print(
                     f"\nDEMO SHOPS: no shops file at {shops_file}, so the shop simulator serves four demo "
                     "shops (Shopify, WooCommerce, Ticimax, Ideasoft) whose customers shop in real time.\n"

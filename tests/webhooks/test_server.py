@@ -63,6 +63,13 @@ def test_served_by_uvicorn(shops, database, db, tmp_path: Path):
             "/healthz",
         } <= set(paths)
         assert {"get", "post"} <= set(paths["/webhooks/whatsapp"])
+        # The API docs render without internet: Swagger UI's assets come from this service.
+        docs = httpx.get(f"{base}/docs")
+        assert docs.status_code == 200
+        assert 'src="/docs-assets/swagger-ui-bundle.js"' in docs.text
+        assert "cdn." not in docs.text
+        bundle = httpx.get(f"{base}/docs-assets/swagger-ui-bundle.js")
+        assert bundle.status_code == 200 and len(bundle.content) > 100_000
 
         body = dumps(shopify_checkout())
         headers = shop_headers(

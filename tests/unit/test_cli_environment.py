@@ -1,0 +1,44 @@
+"""What every ``cart-recovery`` command starts from: the project's .env and Airflow home."""
+
+from __future__ import annotations
+
+import os
+
+from cart_recovery import cli, settings
+
+
+def test_dotenv_fills_what_the_shell_did_not_set(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(
+        "# a comment\n"
+        'AIRFLOW_CONN_SHOP_X=\'{"conn_type": "http", "password": "tok"}\'\n'
+        "CART_RECOVERY_TEST_FROM_DOTENV=from-file\n"
+        "CART_RECOVERY_TEST_SET_IN_SHELL=from-file\n"
+    )
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path))
+    monkeypatch.setenv("CART_RECOVERY_TEST_SET_IN_SHELL", "from-shell")
+    for name in ("AIRFLOW_CONN_SHOP_X", "CART_RECOVERY_TEST_FROM_DOTENV"):
+        monkeypatch.delenv(name, raising=False)
+
+    loaded = cli.load_dotenv_file()
+
+    assert sorted(loaded) == ["AIRFLOW_CONN_SHOP_X", "CART_RECOVERY_TEST_FROM_DOTENV"]
+    assert os.environ["AIRFLOW_CONN_SHOP_X"] == '{"conn_type": "http", "password": "tok"}'
+    assert os.environ["CART_RECOVERY_TEST_SET_IN_SHELL"] == "from-shell"  # the shell wins
+    for name in loaded:
+        monkeypatch.delenv(name)
+
+
+def test_no_dotenv_is_fine(tmp_path, monkeypatch):
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path))
+    assert cli.load_dotenv_file() == []
+
+
+def test_every_command_uses_the_projects_airflow_home(monkeypatch, capsys):
+    """Not Airflow's default ~/airflow: the webhook service read ~/airflow/airflow.cfg before."""
+    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    monkeypatch.delenv(settings.AIRFLOW_HOME_ENV, raising=False)
+
+    assert cli.main(["env"]) == 0
+
+    assert os.environ["AIRFLOW_HOME"] == str(settings.Paths.from_env().airflow_home())
+    assert f"export AIRFLOW_HOME={settings.Paths.from_env().airflow_home()}" in capsys.readouterr().out

@@ -10,8 +10,10 @@ CI); a test over two models runs in the task of the later one.
   when shop webhooks landed that the last build has not seen (Asset
   `cart-recovery://warehouse/raw/webhook_events`, emitted by the watcher trigger
   `WebhookEventsTrigger` in `plugins/`, which checks `raw.webhook_events` every 15 s), and on
-  demand. A cart that arrives by webhook is planned within about a minute and a half, without
-  waiting for a poll.
+  demand. A cart that arrives by webhook is planned by the next build after it lands, without
+  waiting for a poll (about two minutes here: up to 15 s until the watcher sees it, and a build of
+  about 1.5 min, after the one already running if any). `as_of` is when the first of the
+  triggering Asset events queued the run.
 - **Reads:** schemas `raw` and `ops`, and the seeds in `policy` that analysts edit.
 - **Writes:** schemas `staging`, `intermediate`, `marts`; `ops.transform_runs`; emits the Asset
   `cart-recovery://warehouse/marts/recovery_plan` (with the plan's counts) that the dispatcher
@@ -23,7 +25,9 @@ CI); a test over two models runs in the task of the later one.
   (`cart_recovery.runtime.run_time`): the data interval end of a scheduled or backfill run, else
   the logical date, else `run_after`, which is all an asset-triggered run has. dbt gets it as the
   environment variable `CART_RECOVERY_AS_OF`, so a replay plans as of that time.
-- **Backfill:** `cart-recovery airflow dags backfill cart_transform --from-date ... --to-date ...`.
+- **Replay an earlier moment:** Airflow cannot backfill an asset-scheduled DAG; trigger a run with
+  a logical date instead (`cart-recovery airflow dags trigger cart_transform --logical-date
+  2026-11-07T12:00:00+00:00`): it plans as of that moment, with a full refresh.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@
 ``cart_transform`` build has not seen, it fires an Asset event, and ``cart_transform`` (scheduled
 on that Asset or the polled raw Asset) runs. So a cart that arrives by webhook is planned without
 waiting for the next poll. The query lives in ``cart_recovery.transform``; this is the wiring.
+
+Limits, by design: which events were fired for is kept in memory, so a restarted triggerer fires
+once more for the newest unbuilt event (one extra build, harmless); an event that commits after
+a newer one has already fired waits for the next event or the next ``cart_ingest`` (at most one
+poll interval); ``received_at`` (the webhook service's clock) is compared with the build's
+``as_of`` (the scheduler's), so the two hosts' clocks should be synchronised (NTP).
 """
 
 from __future__ import annotations
@@ -37,13 +43,17 @@ class WebhookEventsTrigger(BaseEventTrigger):
         from cart_recovery.connections import get_connection
         from cart_recovery.transform import unbuilt_webhook_event
 
-        conn_url = get_connection(self.conn_id).get_uri().replace("postgres://", "postgresql://", 1)
+        conn_url: str | None = None
         last_fired: int | None = None
         while True:
             try:
+                if conn_url is None:
+                    conn_url = (
+                        get_connection(self.conn_id).get_uri().replace("postgres://", "postgresql://", 1)
+                    )
                 found = await unbuilt_webhook_event(conn_url, last_fired)
-            except Exception as exc:  # the warehouse restarting must not end the watch
-                log.warning("webhook watch: the warehouse did not answer (%s); retrying", exc)
+            except Exception as exc:  # a missing connection or a restarting warehouse must not end the watch
+                log.warning("webhook watch: %s; trying again in %s s", exc, self.poll_interval)
                 found = None
             if found is not None:
                 last_fired, received_at = found

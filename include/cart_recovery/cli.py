@@ -163,9 +163,10 @@ def _port_free(port: int) -> bool:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from cart_recovery.shops import load_shops, shops_file_path
+    from cart_recovery.shops import SHOPS_FILE_ENV, load_shops, shops_file_path
     from cart_recovery.stack import (
         LocalStack,
+        UnpauseOnce,
         airflow_components,
         demo_shops,
         pipeline_status,
@@ -202,11 +203,13 @@ def _up(args: argparse.Namespace) -> int:
         webhook_url = f"http://127.0.0.1:{args.webhook_port}"
         with contextlib.ExitStack() as resources:
             shops_file = shops_file_path()
-            if shops_file.exists():
+            if not args.demo and (shops_file.exists() or os.environ.get(SHOPS_FILE_ENV)):
+                # A shops file named explicitly but missing is an error (load_shops says so), never
+                # a silent switch to demo shops that would land fake carts in a real warehouse.
                 shops = load_shops(shops_file)
                 print(f"\nShops from {shops_file}: " + ", ".join(f"{s.id} ({s.platform})" for s in shops))
             else:
-                every_s = float(os.environ.get("CART_RECOVERY_DEMO_ACTIVITY_S") or 20)
+                every_s = float(os.environ.get("CART_RECOVERY_DEMO_ACTIVITY_S") or 45)
                 demo = demo_shops(Path(env["AIRFLOW_HOME"]) / "demo", webhook_url, every_s=every_s)
                 env.update(resources.enter_context(demo))
                 print(
@@ -235,11 +238,20 @@ def _up(args: argparse.Namespace) -> int:
                 flush=True,
             )
             components = [*airflow_components(args.port), webhook_component(args.webhook_port)]
+            unpause = None
+            if env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"].lower() == "false":
+                unpause = UnpauseOnce(
+                    base_url=f"http://127.0.0.1:{args.port}",
+                    credentials=(user, password),
+                    dag_ids=sorted(p.stem for p in Path(env["AIRFLOW__CORE__DAGS_FOLDER"]).glob("*.py")),
+                    marker=Path(env["AIRFLOW_HOME"]) / "dags_unpaused",
+                )
             stack = LocalStack(
                 env=env,
                 components=components,
                 log_dir=log_dir,
                 status=lambda: pipeline_status(database.url),
+                on_tick=unpause,
             )
             code = stack.run_until_interrupted()
     finally:
@@ -280,9 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     env.set_defaults(handler=_env)
 
     up = commands.add_parser("up", help="run Airflow locally until Ctrl-C")
-    up.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_AIRFLOW_PORT", 8080)))
+    up.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_AIRFLOW_PORT") or 8080))
     up.add_argument(
-        "--webhook-port", type=int, default=int(os.environ.get("CART_RECOVERY_WEBHOOK_PORT", 8081))
+        "--webhook-port", type=int, default=int(os.environ.get("CART_RECOVERY_WEBHOOK_PORT") or 8081)
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the simulator's demo shops even if a shops file exists (the default without one)",
     )
     up.set_defaults(handler=_up)
 
@@ -294,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     webhooks = commands.add_parser("webhooks", help="run the webhook service (FastAPI under uvicorn)")
     webhooks.add_argument("--host", default=os.environ.get("CART_RECOVERY_WEBHOOK_HOST", "127.0.0.1"))
-    webhooks.add_argument("--port", type=int, default=int(os.environ.get("CART_RECOVERY_WEBHOOK_PORT", 8081)))
+    webhooks.add_argument(
+        "--port", type=int, default=int(os.environ.get("CART_RECOVERY_WEBHOOK_PORT") or 8081)
+    )
     webhooks.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     webhooks.set_defaults(handler=_webhooks)
 
@@ -318,7 +337,8 @@ def load_dotenv_file(paths: settings.Paths | None = None) -> list[str]:
     if not path.exists():
         return []
     loaded = []
-    for name, value in dotenv_values(path).items():
+    # No ${...} expansion: a secret may contain a dollar sign.
+    for name, value in dotenv_values(path, interpolate=False).items():
         if value is not None and name not in os.environ:
             os.environ[name] = value
             loaded.append(name)
@@ -330,9 +350,9 @@ def load_dotenv_file(paths: settings.Paths | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     load_dotenv_file()
     # Every command uses the project's Airflow home, never Airflow's default ~/airflow.
-    os.environ.setdefault(
-        "AIRFLOW_HOME",
-        os.environ.get(settings.AIRFLOW_HOME_ENV) or str(settings.Paths.from_env().airflow_home()),
+    # A global AIRFLOW_HOME from the shell does not count: CART_RECOVERY_AIRFLOW_HOME moves it.
+    os.environ["AIRFLOW_HOME"] = os.environ.get(settings.AIRFLOW_HOME_ENV) or str(
+        settings.Paths.from_env().airflow_home()
     )
     parser = build_parser()
     args = parser.parse_args(argv)

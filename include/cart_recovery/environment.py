@@ -76,6 +76,7 @@ def project_environment(
 
     defaults = {
         "AIRFLOW_HOME": str(airflow_home),
+        settings.AIRFLOW_HOME_ENV: str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(paths.dags),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(paths.plugins),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -83,7 +84,9 @@ def project_environment(
         "AIRFLOW__CORE__EXECUTOR": "cart_recovery.executor.PreloadingLocalExecutor",
         "GX_ANALYTICS_ENABLED": "False",
         # Sized for the machine: the LocalExecutor starts this many worker processes.
-        "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * (os.cpu_count() or 2))),
+        "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * len(os.sched_getaffinity(0)))),
+        # One BLAS thread: pandas/numpy are imported before the executor forks (executor.py).
+        "OPENBLAS_NUM_THREADS": "1",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_passwords_file(airflow_home)),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database.airflow_sqlalchemy_url,
@@ -115,7 +118,12 @@ def project_environment(
     env = {**defaults, **{k: v for k, v in base.items() if k in defaults and k.startswith("AIRFLOW__")}}
     # The warehouse settings always follow the database chosen for this call.
     merged = {**base, **env}
-    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", settings.DATABASE_URL_ENV, "AIRFLOW_HOME"):
+    for key in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        settings.DATABASE_URL_ENV,
+        "AIRFLOW_HOME",
+        settings.AIRFLOW_HOME_ENV,
+    ):
         merged[key] = defaults[key]
     merged.update(_libpq_parts(database.warehouse))
     path = merged.get("PATH", "")

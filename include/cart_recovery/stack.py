@@ -3,9 +3,10 @@
 Starts the Airflow api-server (UI and REST API), scheduler, dag-processor and triggerer, and the
 webhook service, as child processes sharing one environment, each in its own process group with
 its output in ``<airflow home>/logs/stack/<name>.log``. It watches them, prints what the pipeline
-has done every minute, and on Ctrl-C (or SIGTERM) stops them in an order that lets running work
-end cleanly: the scheduler's group first (it and the tasks it runs, which still report to the
-api-server), then the triggerer, dag-processor and webhook service, and the api-server last.
+has done every minute, and on Ctrl-C (or SIGTERM, SIGHUP) stops them in waves: the scheduler
+first (it passes SIGTERM on to the tasks it runs, which are marked as stopped while the
+api-server they report to is still up), then the triggerer, dag-processor and webhook service,
+and the api-server last. Each child also gets SIGTERM if this supervisor dies.
 
 With no shops file, ``demo_shops`` serves the simulator's four shops (one per platform) in real
 time and points the pipeline at them.
@@ -58,10 +59,12 @@ class LocalStack:
     components: list[Component]
     log_dir: Path
     status: object = None  # a callable returning a one-line summary, or None
+    on_tick: object = None  # a callable run every half second while the stack runs, or None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        stop_with_parent = _parent_death_signal()
         for component in self.components:
             with open(self.log_path(component.name), "ab") as output:
                 # Each child gets its own process group: the terminal's Ctrl-C reaches only this
@@ -73,7 +76,7 @@ class LocalStack:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
-                    preexec_fn=_stop_with_parent,
+                    preexec_fn=stop_with_parent,
                 )
             log.info("started %s (pid %s)", component.name, self.processes[component.name].pid)
 
@@ -119,35 +122,51 @@ class LocalStack:
 
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C, kill, terminal closed
             signal.signal(signum, request_stop)
-        self.start()
         code = 0
         next_status = time.monotonic() + _STATUS_EVERY_S
         try:
+            self.start()
             while not stop_requested:
                 failure = self.failed()
                 if failure:
-                    print(f"cart-recovery up: {failure}\nStopping the rest.", file=sys.stderr, flush=True)
+                    _say(f"cart-recovery up: {failure}\nStopping the rest.", stream=sys.stderr)
                     code = 1
                     break
+                if self.on_tick is not None:
+                    self.on_tick()
                 if self.status is not None and time.monotonic() >= next_status:
                     next_status = time.monotonic() + _STATUS_EVERY_S
                     with contextlib.suppress(Exception):  # a status line must never stop the stack
-                        print(time.strftime("%H:%M:%S"), self.status(), flush=True)
+                        _say(f"{time.strftime('%H:%M:%S')} {self.status()}")
                 time.sleep(0.5)
         finally:
-            print("Stopping: scheduler and running tasks, then the other components ...", flush=True)
+            _say("Stopping: the scheduler and its running tasks, then the other components ...")
             self.stop()
-            print("Stopped.", flush=True)
+            _say("Stopped.")
         return code
 
 
-def _stop_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _parent_death_signal():
+    """``prctl`` from libc, looked up here in the parent: the child may only call it (loading a
+    library between fork and exec can deadlock while other threads run)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def stop_with_parent() -> None:
+        # In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL.
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return stop_with_parent
+
+
+def _say(text: str, stream=None) -> None:
+    """Print, unless the terminal is gone (after SIGHUP a write raises EIO): stopping goes on."""
+    with contextlib.suppress(OSError):
+        print(text, file=stream or sys.stdout, flush=True)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -184,7 +203,7 @@ def pipeline_status(database_url: str) -> str:
 
 @contextlib.contextmanager
 def demo_shops(
-    state: Path, webhook_url: str | None, *, carts_per_shop: int = 40, every_s: float = 20.0
+    state: Path, webhook_url: str | None, *, carts_per_shop: int = 40, every_s: float = 45.0
 ) -> Iterator[dict[str, str]]:
     """The simulator's four shops, live, for a ``make up`` without a shops file.
 
@@ -215,3 +234,50 @@ def demo_shops(
             }
         finally:
             live.stop()
+
+
+@dataclass
+class UnpauseOnce:
+    """Unpause the project's DAGs through the REST API, once per Airflow home.
+
+    New DAGs start unpaused in the local stack (``DAGS_ARE_PAUSED_AT_CREATION=False``), but an
+    Airflow home from before that keeps its DAGs paused, and an Asset watcher only runs while a DAG
+    scheduled on its Asset is unpaused. So the first ``make up`` of a home unpauses them all and
+    leaves ``marker`` behind; a DAG you pause later stays paused.
+    """
+
+    base_url: str
+    credentials: tuple[str, str]
+    dag_ids: list[str]
+    marker: Path
+    _next_try: float = 0.0
+
+    def __call__(self) -> None:
+        if self.marker.exists() or time.monotonic() < self._next_try:
+            return
+        self._next_try = time.monotonic() + 5
+        import httpx
+
+        try:
+            user, password = self.credentials
+            token = httpx.post(
+                f"{self.base_url}/auth/token", json={"username": user, "password": password}, timeout=3
+            ).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            for dag_id in self.dag_ids:
+                if (
+                    httpx.get(f"{self.base_url}/api/v2/dags/{dag_id}", headers=headers, timeout=3).status_code
+                    != 200
+                ):
+                    return  # not parsed yet: next time
+            for dag_id in self.dag_ids:
+                httpx.patch(
+                    f"{self.base_url}/api/v2/dags/{dag_id}",
+                    json={"is_paused": False},
+                    headers=headers,
+                    timeout=3,
+                ).raise_for_status()
+        except (httpx.HTTPError, KeyError, ValueError):
+            return  # the api-server is not ready yet
+        self.marker.write_text("the project's DAGs were unpaused by `cart-recovery up`\n")
+        log.info("unpaused %s", ", ".join(self.dag_ids))

@@ -48,6 +48,7 @@ def test_a_failing_shop_does_not_hold_back_the_others(
     failed shop's task and the run stay failed, so the failure is visible in the grid."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
@@ -90,6 +91,17 @@ def test_a_failing_shop_does_not_hold_back_the_others(
             .where(AssetModel.uri == ASSET_RAW)
         )
     assert events_after == events_before + 1
+    with create_session() as session:
+        totals = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == "cart_ingest",
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == "publish_raw",
+                XComModel.key == "return_value",
+            )
+        )
+    totals = json.loads(totals) if isinstance(totals, str) else totals
+    assert totals["shops"] == len(shops) - 1  # the three shops that were polled
     with warehouse.cursor() as cur:
         cur.execute(
             "select distinct shop_id from raw.polled_records where shop_id = any(%s)",

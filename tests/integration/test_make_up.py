@@ -1,15 +1,15 @@
 """``make up`` end to end, the way a newcomer runs it: the real components, the scheduler doing the work.
 
-``cart-recovery up`` starts the api-server, scheduler, dag-processor, triggerer and the webhook
-service, with no shops file, so the simulator's four demo shops run live. Nothing here calls
-``dag.test()`` or triggers a run: the test only watches, through the REST API and the warehouse,
-until
+``cart-recovery up --demo`` starts the api-server, scheduler, dag-processor, triggerer and the
+webhook service with the simulator's four demo shops (their live shoppers off, so that every
+webhook here is the test's own). Nothing here calls ``dag.test()`` or triggers a run: the test
+watches, through the REST API and the warehouse, until
 
 - ``cart_ingest`` ran on its schedule and succeeded,
-- ``cart_transform`` ran because of its Asset and succeeded, and ``marts.recovery_plan`` holds the
-  demo shops' carts,
-- a cart sent by webhook (signed like the platform signs it) reaches ``marts.recovery_plan``
-  without any poll, through the webhook watcher's Asset event,
+- ``cart_transform`` ran because of cart_ingest's Asset and succeeded, with no logical date, and
+  ``marts.recovery_plan`` holds every demo shop's carts,
+- with ``cart_ingest`` paused, a cart sent by webhook (signed as the platform signs it) reaches
+  ``marts.recovery_plan`` through a build that the webhook watcher's Asset event started,
 
 then sends Ctrl-C and checks that every process stopped. It uses its own databases
 (``<test db>_e2e``), Airflow home and ports, so it never meets the other tests' data.
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_DAGS = {p.stem for p in (ROOT / "dags").glob("*.py")}
 DEMO_SHOPS = {"anatolia-shopify", "hudson-woo", "kapadokya-ticimax", "ege-ideasoft"}
 WEBHOOK_ASSET = "cart-recovery://warehouse/raw/webhook_events"
+RAW_ASSET = "cart-recovery://warehouse/raw"
 
 
 @pytest.fixture
@@ -43,7 +44,9 @@ def stack(database, dbt_manifest, tmp_path) -> Iterator[UpProcess]:
     up = UpProcess(
         db_url=fresh_databases(database, "_e2e").url,
         airflow_home=tmp_path / "airflow",
-        env_overrides={"CART_RECOVERY_SHOPS_FILE": str(tmp_path / "no-shops.yaml")},  # none: demo shops
+        # The demo shops, with their live shoppers off: every webhook here is the test's own.
+        env_overrides={"CART_RECOVERY_DEMO_ACTIVITY_S": "0"},
+        args=["--demo"],
     ).start()
     try:
         yield up
@@ -107,20 +110,23 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
     assert not any(dags[d]["is_paused"] for d in EXPECTED_DAGS), "the local stack runs its DAGs unpaused"
 
     # 1. cart_ingest on its schedule (nothing here triggers a run).
-    ingest = stack.wait_for(
+    stack.wait_for(
         lambda: stack.succeeded_runs("cart_ingest", "scheduled"), 300, "a scheduled cart_ingest run"
-    )[0]
+    )
     polled = dict(stack.query("select shop_id, count(*) from raw.polled_records group by 1"))
     assert set(polled) == DEMO_SHOPS, polled
 
-    # 2. cart_transform because of the Asset; then the plan holds every demo shop's carts.
-    transform = stack.wait_for(
-        lambda: stack.succeeded_runs("cart_transform", "asset_triggered"),
-        420,
-        "an asset-triggered cart_transform",
-    )[0]
+    # 2. cart_transform because of cart_ingest's Asset; then the plan holds every demo shop's carts.
+    def transform_after_ingest():
+        return [
+            run
+            for run in stack.succeeded_runs("cart_transform", "asset_triggered")
+            if RAW_ASSET
+            in {e["uri"] for e in stack.consumed_asset_events("cart_transform", run["dag_run_id"])}
+        ]
+
+    transform = stack.wait_for(transform_after_ingest, 420, "cart_transform on cart_ingest's Asset")[0]
     assert transform["logical_date"] is None  # the case that broke: no data interval, no logical date
-    assert parse_time(transform["run_after"]) >= parse_time(ingest["run_after"])
     planned = dict(stack.query("select shop_id, count(*) from marts.recovery_plan group by 1"))
     assert set(planned) == DEMO_SHOPS, f"plan rows per shop: {planned}"
     ((as_of,),) = stack.query(
@@ -128,13 +134,19 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
     )
     assert as_of == parse_time(transform["run_after"])  # the run's time, from run_after
 
-    # 3. A cart that arrives by webhook is planned without a poll: the webhook watcher's Asset event.
+    # 3. A cart that arrives by webhook is planned with no poll at all: cart_ingest is paused, so
+    # only the webhook watcher's Asset event can start the build that plans it.
+    stack.set_paused("cart_ingest", True)
     sent_at = datetime.now(UTC)
     webhook = _webhook_cart(38_000_000_001, sent_at)
     answer = httpx.post(
         f"{stack.webhook_url}/webhooks/shopify", content=webhook.body, headers=webhook.headers
     )
     assert answer.status_code == 200, answer.text
+    ((event_id,),) = stack.query(
+        "select event_id from raw.webhook_events where delivery_id = %s",
+        webhook.headers["X-Shopify-Webhook-Id"],
+    )
 
     def webhook_cart_planned():
         return stack.query(
@@ -145,12 +157,19 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
 
     assert stack.wait_for(webhook_cart_planned, 300, "the webhook cart in marts.recovery_plan") == 3
     print(f"webhook cart planned {(datetime.now(UTC) - sent_at).total_seconds():.0f} s after it was sent")
-    watcher_runs = [
-        run
-        for run in stack.succeeded_runs("cart_transform", "asset_triggered")
-        if WEBHOOK_ASSET in stack.consumed_asset_uris("cart_transform", run["dag_run_id"])
-    ]
-    assert watcher_runs, "no cart_transform run was started by the webhook watcher"
+
+    def watcher_builds():
+        """Successful builds queued after the webhook, with the watcher's events they consumed."""
+        fired_for = [
+            event["extra"]["payload"]["event_id"]
+            for run in stack.succeeded_runs("cart_transform", "asset_triggered")
+            if parse_time(run["run_after"]) > sent_at
+            for event in stack.consumed_asset_events("cart_transform", run["dag_run_id"])
+            if event["uri"] == WEBHOOK_ASSET
+        ]
+        return [fired for fired in fired_for if fired >= event_id]
+
+    assert stack.wait_for(watcher_builds, 300, "the build started by the webhook watcher")
 
     # 4. Ctrl-C stops everything it started, the running tasks first.
     children = psutil.Process(stack.process.pid).children(recursive=True)

@@ -73,6 +73,7 @@ class UpProcess:
     db_url: str
     airflow_home: Path
     env_overrides: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more arguments of `cart-recovery up`
     port: int = field(default_factory=free_port)
     webhook_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -111,6 +112,7 @@ class UpProcess:
             str(self.port),
             "--webhook-port",
             str(self.webhook_port),
+            *self.args,
         ]
         self.started_at = time.monotonic()
         with open(self.log_path, "wb") as log:
@@ -179,9 +181,17 @@ class UpProcess:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200")["task_instances"]
 
-    def consumed_asset_uris(self, dag_id: str, run_id: str) -> set[str]:
-        events = self.api(f"dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents")["asset_events"]
-        return {event["uri"] for event in events}
+    def consumed_asset_events(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api(f"dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents")["asset_events"]
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        response = httpx.patch(
+            f"{self.base}/api/v2/dags/{dag_id}",
+            json={"is_paused": paused},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
+        )
+        response.raise_for_status()
 
     def query(self, sql: str, *params) -> list[tuple]:
         with psycopg2.connect(self.db_url) as conn, conn.cursor() as cur:
@@ -282,10 +292,10 @@ def main(*, quick: bool = False) -> dict[str, Any]:
             db_url=database.url,
             airflow_home=Path(tmp) / "airflow",
             env_overrides={
-                "CART_RECOVERY_SHOPS_FILE": str(Path(tmp) / "no-shops.yaml"),  # none: the demo shops
                 "CART_RECOVERY_DEMO_ACTIVITY_S": "0",  # no live shoppers: later polls find nothing new
                 "CART_RECOVERY_INGEST_SCHEDULE": "* * * * *",
             },
+            args=["--demo"],
         ).start()
         try:
             result = measure(up, *admin_credentials())

@@ -31,6 +31,7 @@ from cart_recovery.simulator.webhooks import Delivery, delivery, send
 log = logging.getLogger(__name__)
 
 _ID_BASE = 39_000_000_000  # live carts and orders: ids above the generated history's
+_EPOCH_MS = 1_760_000_000_000  # 2025-10-09: ids count milliseconds from here, unique across restarts
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LiveActivity:
 
     simulator: Simulator
     webhook_url: str | None  # e.g. http://127.0.0.1:8081; None: changes are only polled
-    every_s: float = 20.0  # one change every this many seconds, on average
+    every_s: float = 45.0  # one change every this many seconds, on average
     seed: int = 1
     counts: Counter = field(default_factory=Counter)
     _pending: deque = field(default_factory=lambda: deque(maxlen=10_000))
@@ -73,7 +74,7 @@ class LiveActivity:
 
     def _new_cart(self, data: ShopData, now: datetime) -> Cart:
         rng = self._rng
-        serial = int(now.timestamp() * 1000) % 1_000_000_000  # unique across restarts
+        serial = int(now.timestamp() * 1000) - _EPOCH_MS
         customer = rng.choice(data.customers) if rng.random() < 0.85 else None
         items = [
             LineItem(product, rng.choice(product.variants), rng.randint(1, 2))
@@ -96,7 +97,7 @@ class LiveActivity:
         cart.completed_at = now
         cart.updated_at = now
         order = Order(
-            id=_ID_BASE + int(now.timestamp() * 1000) % 1_000_000_000,
+            id=_ID_BASE + int(now.timestamp() * 1000) - _EPOCH_MS,
             customer=cart.customer,
             email=cart.email,
             phone=cart.phone,

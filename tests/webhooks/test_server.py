@@ -30,7 +30,9 @@ def test_cli_parses_webhooks_defaults():
     assert (args.host, args.port) == ("0.0.0.0", 9000)
 
 
-def test_served_by_uvicorn(shops, database, db, tmp_path: Path):
+@pytest.fixture
+def served(shops, database, tmp_path: Path):
+    """``cart-recovery webhooks`` on a free loopback port; yields its base URL."""
     executable = shutil.which("cart-recovery", path=str(Path(sys.executable).parent))
     if executable is None:
         pytest.skip("the cart-recovery console script is not installed in this environment")
@@ -52,43 +54,77 @@ def test_served_by_uvicorn(shops, database, db, tmp_path: Path):
             assert server.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "the webhook service did not start within 60 s"
             time.sleep(0.2)
-
-        assert httpx.get(f"{base}/healthz").json() == {"status": "ok", "database": "ok"}
-        paths = httpx.get(f"{base}/openapi.json").json()["paths"]
-        assert {
-            "/webhooks/shopify",
-            "/webhooks/woocommerce",
-            "/webhooks/ideasoft",
-            "/webhooks/whatsapp",
-            "/healthz",
-        } <= set(paths)
-        assert {"get", "post"} <= set(paths["/webhooks/whatsapp"])
-        # The API docs render without internet: Swagger UI's assets come from this service.
-        docs = httpx.get(f"{base}/docs")
-        assert docs.status_code == 200
-        assert 'src="/docs-assets/swagger-ui-bundle.js"' in docs.text
-        assert "cdn." not in docs.text
-        bundle = httpx.get(f"{base}/docs-assets/swagger-ui-bundle.js")
-        assert bundle.status_code == 200 and len(bundle.content) > 100_000
-
-        body = dumps(shopify_checkout())
-        headers = shop_headers(
-            "shopify",
-            domain=shops.shopify.domain,
-            secret=shops.shopify.secret,
-            body=body,
-            topic="checkouts/create",
-            delivery_id="over-http",
-        )
-        answer = httpx.post(
-            f"{base}/webhooks/shopify", content=body, headers={**headers, "Content-Type": "application/json"}
-        )
-        assert answer.status_code == 200, answer.text
-        # Committed before the answer: visible at once from another connection.
-        assert fetch(
-            db, "select delivery_id from raw.webhook_events where shop_id = %s", shops.shopify.id
-        ) == [("over-http",)]
+        yield base
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_served_by_uvicorn(served, shops, db):
+    base = served
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok", "database": "ok"}
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    assert {
+        "/webhooks/shopify",
+        "/webhooks/woocommerce",
+        "/webhooks/ideasoft",
+        "/webhooks/whatsapp",
+        "/healthz",
+    } <= set(paths)
+    assert {"get", "post"} <= set(paths["/webhooks/whatsapp"])
+
+    body = dumps(shopify_checkout())
+    headers = shop_headers(
+        "shopify",
+        domain=shops.shopify.domain,
+        secret=shops.shopify.secret,
+        body=body,
+        topic="checkouts/create",
+        delivery_id="over-http",
+    )
+    answer = httpx.post(
+        f"{base}/webhooks/shopify", content=body, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 200, answer.text
+    # Committed before the answer: visible at once from another connection.
+    assert fetch(db, "select delivery_id from raw.webhook_events where shop_id = %s", shops.shopify.id) == [
+        ("over-http",)
+    ]
+
+
+def test_api_docs_render_without_internet(served, tmp_path: Path):
+    """Swagger UI's assets come from this service, and the page renders the OpenAPI 3.1 schema."""
+    docs = httpx.get(f"{served}/docs")
+    assert docs.status_code == 200
+    assert 'src="/docs-assets/swagger-ui-bundle.js"' in docs.text
+    assert "cdn." not in docs.text
+    bundle = httpx.get(f"{served}/docs-assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): the page was not rendered")
+    rendered = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            f"{served}/docs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
+    assert "Unable to render this definition" not in rendered
+    assert "/webhooks/shopify" in rendered and "/webhooks/whatsapp" in rendered

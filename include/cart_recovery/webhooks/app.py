@@ -50,7 +50,7 @@ class _InvalidJson(ValueError):
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, so it renders without internet."""
+    """``/docs``: Swagger UI 5 (reads OpenAPI 3.1) from ``swagger-ui-bundle-v2``, so it renders offline."""
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
     from swagger_ui_bundle import swagger_ui_path

@@ -12,6 +12,8 @@ entity, and lands them in `raw.polled_records`. One mapped task per shop.
   (rows that failed the great-expectations checks, with the reasons), `ops.validation_runs`
   (counts per shop, entity and interval), `ops.ingest_watermarks`; emits the Asset
   `cart-recovery://warehouse/raw` that `cart_transform` is scheduled on.
+- **Time limits:** `poll_shop` 30 minutes (a first poll of a big shop included), the other tasks
+  5 minutes; a task over its limit fails and is retried like any failure.
 - **One shop failing:** its `poll_shop` task fails (and is retried) on its own; `publish_raw`
   still runs for what the other shops landed, so their carts are planned, and the last task,
   `all_shops_polled`, fails the run so the failure stays visible in the grid.
@@ -39,7 +41,13 @@ from cart_recovery.transform import ASSET_RAW
     catchup=False,
     max_active_runs=1,
     tags=["cart-recovery", "ingest"],
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": pendulum.duration(minutes=1)},
+    default_args={
+        "owner": "data-engineering",
+        "retries": 2,
+        "retry_delay": pendulum.duration(minutes=1),
+        # No task may hang a run (and with max_active_runs=1, every later run) for good.
+        "execution_timeout": pendulum.duration(minutes=5),
+    },
     doc_md=__doc__,
 )
 def cart_ingest():
@@ -50,7 +58,7 @@ def cart_ingest():
 
         return [shop.model_dump(mode="json") for shop in load_shops()]
 
-    @task(max_active_tis_per_dagrun=8)
+    @task(max_active_tis_per_dagrun=8, execution_timeout=pendulum.duration(minutes=30))
     def poll_shop(shop: dict) -> dict:
         """Poll one shop up to the run's interval end; returns the counts per entity."""
         from cart_recovery.ingest import ingest_shop, warehouse_url

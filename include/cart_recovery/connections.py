@@ -50,6 +50,8 @@ def connection_extra(conn_id: str) -> dict[str, Any]:
 def required_extra(conn_id: str, key: str) -> str:
     """A non-empty string from the connection's extra, or a ConfigurationError saying what to add."""
     value = connection_extra(conn_id).get(key)
+    if isinstance(value, str):
+        value = value.strip()  # a secret pasted with a newline must still verify signatures
     if not isinstance(value, str) or not value:
         raise ConfigurationError(
             f"Airflow connection {conn_id!r} ({env_var_name(conn_id)}) has no {key!r} in its extra; "

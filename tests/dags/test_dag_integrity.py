@@ -53,3 +53,11 @@ def test_dag_file_parses_in_under_a_second(dagbag, dag_file):
     elapsed = time.perf_counter() - started
     assert bag.import_errors == {}
     assert elapsed < 1.0, f"{dag_file.name} took {elapsed:.2f} s to parse"
+
+
+def test_ingest_tasks_have_a_time_limit(dagbag):
+    """A shop that never answers must not hold cart_ingest (max_active_runs=1) for good."""
+    dag = dagbag.dags["cart_ingest"]
+    limits = {task.task_id: task.execution_timeout for task in dag.tasks}
+    assert all(limits.values()), limits
+    assert limits["poll_shop"] > limits["publish_raw"]

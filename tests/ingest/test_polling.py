@@ -274,3 +274,20 @@ def test_bad_rows_are_quarantined_and_good_rows_still_load(simulator, database, 
     assert again["cart"]["loaded"] == 0
     assert report["cart"]["failures"] == {reason: 1 for reason in expected}
     assert run[4] == 2  # one report row per interval: the re-run updated it instead of adding one
+
+
+@pytest.mark.parametrize("shop_id", SHOPS)
+def test_credentials_pasted_with_whitespace_still_work(simulator, database, monkeypatch, shop_id):
+    """A token copied with a trailing newline (or a key with spaces) is sent without them."""
+    import json
+
+    shop = simulator.shop(shop_id)
+    connection = simulator.connection(shop_id)
+    for key in ("login", "password"):
+        if connection.get(key):
+            connection[key] = f"  {connection[key]}\n"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{shop.conn_id.upper()}", json.dumps(connection))
+
+    report = ingest_shop(shop, interval_end=INTERVAL_END, conn_url=database.url, entities=["cart"])
+
+    assert report["cart"]["fetched"] == len(simulator.data(shop_id).carts)

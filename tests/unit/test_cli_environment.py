@@ -42,3 +42,12 @@ def test_every_command_uses_the_projects_airflow_home(monkeypatch, capsys):
 
     assert os.environ["AIRFLOW_HOME"] == str(settings.Paths.from_env().airflow_home())
     assert f"export AIRFLOW_HOME={settings.Paths.from_env().airflow_home()}" in capsys.readouterr().out
+
+
+def test_secrets_from_connections_lose_surrounding_whitespace(monkeypatch):
+    from cart_recovery.connections import required_extra
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SHOP_PASTED", '{"conn_type": "http", "extra": {"webhook_secret": "  s3cret\\n"}}'
+    )
+    assert required_extra("shop_pasted", "webhook_secret") == "s3cret"

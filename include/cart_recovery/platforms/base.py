@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -117,18 +118,33 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _retry_after_seconds(header: str | None) -> float | None:
-    if not header:
+def _retry_after_seconds(header: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header; ``None`` when it says nothing usable.
+
+    Delay-seconds or an HTTP date (RFC 9110). What servers really send is handled: ``nan`` and
+    garbage are ignored (the caller's backoff applies), a negative or past value means now, an
+    infinite or huge one stays huge (the caller gives up on it), and a date without a zone is
+    read as GMT, which is what HTTP dates are. ``now`` is the wall clock by default: the header is
+    relative to the moment the answer arrived.
+    """
+    if not header or not header.strip():
         return None
+    text = header.strip()
     try:
-        return max(float(header), 0.0)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        if math.isnan(seconds):
+            return None
+        return max(seconds, 0.0)
     try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 class PlatformClient(ABC):
@@ -156,8 +172,10 @@ class PlatformClient(ABC):
         self.session: requests.Session = self.hook.get_conn()
         for key in SETTINGS_EXTRAS:
             self.session.headers.pop(key, None)
-        if not self.use_connection_login_as_basic_auth:
-            self.session.auth = None
+        # Secrets pasted into a connection often carry a newline or spaces: never send those.
+        self.login = (self.connection.login or "").strip()
+        self.password = (self.connection.password or "").strip()
+        self.session.auth = (self.login, self.password) if self.use_connection_login_as_basic_auth else None
         self.base_url = (self.hook.base_url if self.connection.host else shop.api_base_url).rstrip("/")
         self.page_size = int(page_size or self.extra.get("page_size") or self.default_page_size)
         self.stats = {"requests": 0, "throttled": 0, "retried": 0}

@@ -68,8 +68,8 @@ class IdeasoftClient(PlatformClient):
     def _grant(self, grant_type: str, **fields: str) -> None:
         form = {
             "grant_type": grant_type,
-            "client_id": self.connection.login or "",
-            "client_secret": self.connection.password or "",
+            "client_id": self.login,
+            "client_secret": self.password,
             **fields,
         }
         url = f"{self.base_url}/{TOKEN_ENDPOINT}"

@@ -232,7 +232,7 @@ class ShopifyClient(PlatformClient):
         super().__init__(*args, **kwargs)
         version = self.extra.get("api_version") or API_VERSION
         self.endpoint = f"admin/api/{version}/graphql.json"
-        self.session.headers["X-Shopify-Access-Token"] = self.connection.password or ""
+        self.session.headers["X-Shopify-Access-Token"] = self.password
         self.session.headers["Content-Type"] = "application/json"
 
     def _graphql(self, query: str, variables: dict) -> dict:

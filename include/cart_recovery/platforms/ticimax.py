@@ -151,7 +151,7 @@ class TicimaxClient(PlatformClient):
         until = _local(window.until, tz)
         size = min(self.page_size, MAX_PAGE)
         start = 0
-        member_code = self.connection.password or ""
+        member_code = self.password
         while True:
             result = self._call(
                 service,

@@ -291,3 +291,16 @@ def test_credentials_pasted_with_whitespace_still_work(simulator, database, monk
     report = ingest_shop(shop, interval_end=INTERVAL_END, conn_url=database.url, entities=["cart"])
 
     assert report["cart"]["fetched"] == len(simulator.data(shop_id).carts)
+
+
+@pytest.mark.parametrize("shop_id", SHOPS)
+def test_a_server_that_ignores_the_page_parameter_fails_clearly(simulator, database, shop_id):
+    """The same page again and again: the poll stops with a message instead of looping."""
+    from cart_recovery.platforms.base import PlatformError
+
+    simulator.knobs.ignore_paging = True
+    client = client_for(simulator.shop(shop_id), page_size=3)
+
+    with pytest.raises(PlatformError, match="ignores the page parameter"):
+        ingest_shop(simulator.shop(shop_id), interval_end=INTERVAL_END, conn_url=database.url, client=client)
+    assert simulator.requests(shop_id) < 20  # it noticed at the second page, not after a timeout

@@ -147,6 +147,43 @@ def _retry_after_seconds(header: str | None, now: datetime | None = None) -> flo
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
+MAX_PAGES = 100_000  # 25 million records at Shopify's 250 a page: past that, something is wrong
+
+
+@dataclass
+class PageGuard:
+    """Ends a listing that would never end, with an error that says why.
+
+    A server that ignores the page parameter (or its cursor) answers the same page again and
+    again; without this a poll loops until its task times out, and every retry does the same.
+    ``check`` gets each page's records before they are handed on and raises ``PlatformError``
+    on a page identical to the one before it (same record ids and update times), or when the
+    listing passes ``max_pages``.
+    """
+
+    shop_id: str
+    what: str
+    max_pages: int = MAX_PAGES
+    pages: int = 0
+    _previous: tuple | None = field(default=None, repr=False)
+
+    def check(self, records: list[PolledRecord]) -> None:
+        self.pages += 1
+        if self.pages > self.max_pages:
+            raise PlatformError(
+                f"{self.shop_id}: {self.what} listing passed {self.max_pages} pages; stopped rather than "
+                "loop (does the API honour its page parameter?)"
+            )
+        page = tuple((r.record_id, r.updated_at) for r in records)
+        if page and page == self._previous:
+            raise PlatformError(
+                f"{self.shop_id}: {self.what} page {self.pages} repeats page {self.pages - 1} record for "
+                "record: the API ignores the page parameter (or cursor). Stopped instead of looping; "
+                "check the shop's API or a proxy in front of it."
+            )
+        self._previous = page
+
+
 class PlatformClient(ABC):
     """Base of the four platform clients. Subclasses implement ``fetch``."""
 

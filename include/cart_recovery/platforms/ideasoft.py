@@ -16,6 +16,7 @@ from typing import ClassVar
 import requests
 
 from cart_recovery.platforms.base import (
+    PageGuard,
     PlatformAuthError,
     PlatformClient,
     PolledRecord,
@@ -119,12 +120,14 @@ class IdeasoftClient(PlatformClient):
         if window.since is not None:
             params["startUpdatedAt"] = iso_utc(window.since)
         page = 1
+        guard = PageGuard(self.shop.id, entity)
         while True:
             records = self.request(
                 "GET", f"admin-api/{_RESOURCES[entity]}", params={**params, "page": page}
             ).json()
-            for payload in records:
-                record = polled_record(entity, payload)
+            converted = [polled_record(entity, payload) for payload in records]
+            guard.check(converted)
+            for record in converted:
                 if record.updated_at is None or record.updated_at <= window.until:
                     yield record
             if len(records) < limit:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from cart_recovery.platforms.base import (
+    PageGuard,
     PlatformClient,
     PlatformError,
     PlatformUnavailable,
@@ -257,13 +258,17 @@ class ShopifyClient(PlatformClient):
             search = f"updated_at:>='{iso_utc(window.since)}' AND {search}"
         query = _query(root)
         after = None
+        guard = PageGuard(self.shop.id, entity)
         while True:
             data = self._graphql(
                 query, {"first": min(self.page_size, MAX_PAGE), "after": after, "query": search}
             )
             connection = data[root]
-            for edge in connection["edges"]:
-                yield polled_record(entity, _CONVERTERS[entity](edge["node"]))
+            records = [
+                polled_record(entity, _CONVERTERS[entity](edge["node"])) for edge in connection["edges"]
+            ]
+            guard.check(records)
+            yield from records
             page_info = connection["pageInfo"]
             if not page_info.get("hasNextPage") or not page_info.get("endCursor"):
                 return

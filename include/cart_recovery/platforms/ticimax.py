@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import requests
 
 from cart_recovery.platforms.base import (
+    PageGuard,
     PlatformAuthError,
     PlatformClient,
     PlatformError,
@@ -152,6 +153,7 @@ class TicimaxClient(PlatformClient):
         size = min(self.page_size, MAX_PAGE)
         start = 0
         member_code = self.password
+        guard = PageGuard(self.shop.id, entity)
         while True:
             result = self._call(
                 service,
@@ -159,8 +161,9 @@ class TicimaxClient(PlatformClient):
                 envelope(operation, member_code, _parameters(style, since, until, start, size)),
             )
             items = list(result)
-            for item in items:
-                record = polled_record(entity, element_to_dict(item), id_field, tz)
+            converted = [polled_record(entity, element_to_dict(item), id_field, tz) for item in items]
+            guard.check(converted)
+            for record in converted:
                 if record.updated_at is None or record.updated_at <= window.until:
                     yield record
             if len(items) < size:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, timedelta
 from typing import ClassVar
 
-from cart_recovery.platforms.base import PlatformClient, PolledRecord, Window, parse_time
+from cart_recovery.platforms.base import PageGuard, PlatformClient, PolledRecord, Window, parse_time
 
 MAX_PER_PAGE = 100
 
@@ -59,11 +59,13 @@ class WooCommerceClient(PlatformClient):
         if window.since is not None:
             params["modified_after"] = _gmt(window.since - timedelta(seconds=1))
         page = 1
+        guard = PageGuard(self.shop.id, entity)
         while True:
             response = self.request("GET", self.endpoint(entity), params={**params, "page": page})
             records = response.json()
-            for payload in records:
-                record = polled_record(entity, payload)
+            converted = [polled_record(entity, payload) for payload in records]
+            guard.check(converted)
+            for record in converted:
                 if record.updated_at is None or record.updated_at <= window.until:
                     yield record
             total_pages = int(response.headers.get("X-WP-TotalPages") or 0)

@@ -171,7 +171,7 @@ def router(state: SimulatorState) -> APIRouter:
             data = state.shops[shop_id]
             params = request.query_params
             try:
-                number = int(params.get("page", 1))
+                number = 1 if state.knobs.ignore_paging else int(params.get("page", 1))
                 limit = min(int(params.get("limit", 20)), MAX_LIMIT)
                 since = params.get("startUpdatedAt")
                 until = params.get("endUpdatedAt")

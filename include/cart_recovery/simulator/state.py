@@ -27,6 +27,7 @@ class Knobs:
     retry_after: int = 1
     fail_every: int = 0  # every Nth request answers 503
     token_ttl: int = 86_400  # Ideasoft access token lifetime, seconds
+    ignore_paging: bool = False  # a broken server: every listing answers its first page
 
 
 @dataclass

@@ -160,7 +160,7 @@ def _answer(state: SimulatorState, data: ShopData, service: str, body: bytes) ->
     try:
         since = _window_bound(params.get("BaslangicTarihi") or params.get("GuncellemeTarihiBaslangic"), tz)
         until = _window_bound(params.get("BitisTarihi") or params.get("GuncellemeTarihiBitis"), tz)
-        start = int(params.get("BaslangicIndex") or 0)
+        start = 0 if state.knobs.ignore_paging else int(params.get("BaslangicIndex") or 0)
         size = min(int(params.get("KayitSayisi") or MAX_PAGE), MAX_PAGE)
     except ValueError as exc:
         return fault(f"Invalid parameter: {exc}")

@@ -150,19 +150,8 @@ def _run_forwarding_signals(command: list[str], *, env: dict[str, str], cwd: str
             signal.signal(sig, handler)
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _up(args: argparse.Namespace) -> int:
+    from cart_recovery.ports import port_is_free
     from cart_recovery.shops import SHOPS_FILE_ENV, load_shops, shops_file_path
     from cart_recovery.stack import (
         LocalStack,
@@ -177,7 +166,7 @@ def _up(args: argparse.Namespace) -> int:
         ("Airflow", args.port, "--port"),
         ("the webhook service", args.webhook_port, "--webhook-port"),
     ):
-        if not _port_free(port):
+        if not port_is_free(port):
             raise CartRecoveryError(
                 f"port {port} for {what} is taken: stop what uses it, or pass {option} <free port>."
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from polling_helpers import INTERVAL_END
-from sqlalchemy import func
+from sqlalchemy import func, select
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "cart_ingest.py"
 
@@ -40,6 +40,22 @@ def test_dag_polls_every_shop_for_its_interval(simulator, airflow_db, warehouse,
     assert newest <= INTERVAL_END
 
 
+def _raw_asset_events() -> int:
+    """How many events the raw Asset (what cart_transform is scheduled on) has had."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from cart_recovery.transform import ASSET_RAW
+
+    with create_session() as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == ASSET_RAW)
+        )
+
+
 @pytest.mark.slow
 def test_a_failing_shop_does_not_hold_back_the_others(
     simulator, airflow_db, warehouse, tmp_path, monkeypatch
@@ -47,12 +63,8 @@ def test_a_failing_shop_does_not_hold_back_the_others(
     """One shop's API is down: the others land and the raw Asset is published for them; the
     failed shop's task and the run stay failed, so the failure is visible in the grid."""
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.asset import AssetEvent, AssetModel
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    from cart_recovery.transform import ASSET_RAW
 
     shops = [shop.model_dump(mode="json") for shop in simulator.shop_models()]
     down = next(s for s in shops if s["platform"] == "woocommerce")
@@ -65,13 +77,7 @@ def test_a_failing_shop_does_not_hold_back_the_others(
     dag = DagBag(dag_folder=str(DAG_FILE)).dags["cart_ingest"]
     for task in dag.tasks:
         task.retries = 0  # fail now, not after the production retry delays
-    with create_session() as session:
-        events_before = session.scalar(
-            select(func.count())
-            .select_from(AssetEvent)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.uri == ASSET_RAW)
-        )
+    events_before = _raw_asset_events()
 
     run = dag.test(logical_date=INTERVAL_END)
 
@@ -83,13 +89,7 @@ def test_a_failing_shop_does_not_hold_back_the_others(
     assert set(polls.values()) == {"success"}
     assert states[("publish_raw", -1)] == "success"
     assert states[("all_shops_polled", -1)] == "upstream_failed"
-    with create_session() as session:
-        events_after = session.scalar(
-            select(func.count())
-            .select_from(AssetEvent)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.uri == ASSET_RAW)
-        )
+    events_after = _raw_asset_events()
     assert events_after == events_before + 1
     with create_session() as session:
         totals = session.scalar(

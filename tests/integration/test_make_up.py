@@ -2,12 +2,14 @@
 
 ``cart-recovery up --demo`` starts the api-server, scheduler, dag-processor, triggerer and the
 webhook service with the simulator's four demo shops (their live shoppers off, so that every
-webhook here is the test's own). Nothing here calls ``dag.test()`` or triggers a run: the test
-watches, through the REST API and the warehouse, until
+webhook here is the test's own). Nothing here calls ``dag.test()``; apart from the manual and
+backfill runs it checks, the test only watches, through the REST API and the warehouse, until
 
 - ``cart_ingest`` ran on its schedule and succeeded,
 - ``cart_transform`` ran because of cart_ingest's Asset and succeeded, with no logical date, and
   ``marts.recovery_plan`` holds every demo shop's carts,
+- a manual run of ``cart_ingest`` without a logical date and a backfill of two earlier slots
+  succeed,
 - with ``cart_ingest`` paused, a cart sent by webhook (signed as the platform signs it) reaches
   ``marts.recovery_plan`` through a build that the webhook watcher's Asset event started,
 
@@ -110,9 +112,9 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
     assert not any(dags[d]["is_paused"] for d in EXPECTED_DAGS), "the local stack runs its DAGs unpaused"
 
     # 1. cart_ingest on its schedule (nothing here triggers a run).
-    stack.wait_for(
+    ingest = stack.wait_for(
         lambda: stack.succeeded_runs("cart_ingest", "scheduled"), 300, "a scheduled cart_ingest run"
-    )
+    )[0]
     polled = dict(stack.query("select shop_id, count(*) from raw.polled_records group by 1"))
     assert set(polled) == DEMO_SHOPS, polled
 
@@ -134,7 +136,36 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
     )
     assert as_of == parse_time(transform["run_after"])  # the run's time, from run_after
 
-    # 3. A cart that arrives by webhook is planned with no poll at all: cart_ingest is paused, so
+    # 3. A manual run without a logical date, and a backfill of the two slots before the first
+    # scheduled one, render and run too (each takes its time from run_time: run_after, the slot).
+    manual = stack.post("dags/cart_ingest/dagRuns", {"logical_date": None})
+    slot = parse_time(ingest["run_after"])
+    stack.post(
+        "backfills",
+        {
+            "dag_id": "cart_ingest",
+            "from_date": (slot - timedelta(minutes=10)).isoformat(),
+            "to_date": (slot - timedelta(minutes=5)).isoformat(),
+            "max_active_runs": 1,
+        },
+    )
+
+    def manual_and_backfill_done():
+        manual_ok = [
+            r
+            for r in stack.succeeded_runs("cart_ingest", "manual")
+            if r["dag_run_id"] == manual["dag_run_id"]
+        ]
+        backfilled = stack.succeeded_runs("cart_ingest", "backfill")
+        return manual_ok and len(backfilled) == 2 and (manual_ok, backfilled)
+
+    _, backfilled = stack.wait_for(manual_and_backfill_done, 300, "the manual and backfill cart_ingest runs")
+    assert sorted(parse_time(r["logical_date"]) for r in backfilled) == [
+        slot - timedelta(minutes=10),
+        slot - timedelta(minutes=5),
+    ]
+
+    # 4. A cart that arrives by webhook is planned with no poll at all: cart_ingest is paused, so
     # only the webhook watcher's Asset event can start the build that plans it.
     stack.set_paused("cart_ingest", True)
     sent_at = datetime.now(UTC)
@@ -171,7 +202,7 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
 
     assert stack.wait_for(watcher_builds, 300, "the build started by the webhook watcher")
 
-    # 4. Ctrl-C stops everything it started, the running tasks first.
+    # 5. Ctrl-C stops everything it started, the running tasks first.
     children = psutil.Process(stack.process.pid).children(recursive=True)
     assert len(children) >= 5  # api-server, scheduler, dag-processor, triggerer, webhooks (and workers)
     assert stack.stop() == 0, stack.output()

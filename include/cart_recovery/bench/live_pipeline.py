@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,9 @@ from typing import Any
 import httpx
 import psycopg2
 
+from cart_recovery.ports import free_port
+
 NAME = "live_pipeline"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fresh_databases(database, suffix: str):
@@ -183,6 +178,17 @@ class UpProcess:
 
     def consumed_asset_events(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api(f"dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents")["asset_events"]
+
+    def post(self, path: str, body: dict) -> dict:
+        response = httpx.post(
+            f"{self.base}/api/v2/{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+        if response.status_code >= 400:
+            self.fail(f"POST {path} answered {response.status_code}: {response.text}")
+        return response.json()
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
         response = httpx.patch(

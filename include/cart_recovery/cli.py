@@ -150,14 +150,38 @@ def _run_forwarding_signals(command: list[str], *, env: dict[str, str], cwd: str
             signal.signal(sig, handler)
 
 
+def _shops_or_demo(
+    args: argparse.Namespace, resources: contextlib.ExitStack, demo_state: Path, webhook_url: str
+) -> dict[str, str]:
+    """The configured shops (nothing to add to the environment), or the demo shops, started here."""
+    from cart_recovery.shops import SHOPS_FILE_ENV, load_shops, shops_file_path
+    from cart_recovery.stack import demo_shops
+
+    shops_file = shops_file_path()
+    if not args.demo and (shops_file.exists() or os.environ.get(SHOPS_FILE_ENV)):
+        # A shops file named explicitly but missing is an error (load_shops says so), never a
+        # silent switch to demo shops that would land fake carts in a real warehouse.
+        shops = load_shops(shops_file)
+        print(f"\nShops from {shops_file}: " + ", ".join(f"{s.id} ({s.platform})" for s in shops))
+        return {}
+    every_s = float(os.environ.get("CART_RECOVERY_DEMO_ACTIVITY_S") or 45)
+    demo_env = resources.enter_context(demo_shops(demo_state, webhook_url, every_s=every_s))
+    why = "--demo" if args.demo else f"no shops file at {shops_file}"
+    print(
+        f"\nDEMO SHOPS ({why}): the shop simulator serves four demo shops (Shopify, WooCommerce, "
+        "Ticimax, Ideasoft) whose customers shop in real time.\n"
+        "  To use real shops instead: write config/shops.yaml and their connections "
+        "(README: Adding a shop), then run make up again."
+    )
+    return demo_env
+
+
 def _up(args: argparse.Namespace) -> int:
     from cart_recovery.ports import port_is_free
-    from cart_recovery.shops import SHOPS_FILE_ENV, load_shops, shops_file_path
     from cart_recovery.stack import (
         LocalStack,
         UnpauseOnce,
         airflow_components,
-        demo_shops,
         pipeline_status,
         webhook_component,
     )
@@ -175,11 +199,11 @@ def _up(args: argparse.Namespace) -> int:
     code = 1
     try:
         env = project_environment(database)
-        # The local stack runs the project's DAGs as soon as they are parsed (a newcomer should not
-        # have to find the toggle); production deployments keep Airflow's default, paused.
         # Tasks report to the api-server's execution API: on the port chosen here.
         env["AIRFLOW__API__BASE_URL"] = f"http://localhost:{args.port}"
         env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{args.port}/execution/")
+        # The local stack runs the project's DAGs as soon as they are parsed (a newcomer should not
+        # have to find the toggle); production deployments keep Airflow's default, paused.
         env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = os.environ.get(
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False"
         )
@@ -191,22 +215,7 @@ def _up(args: argparse.Namespace) -> int:
         bootstrap.prepare(database, env)
         webhook_url = f"http://127.0.0.1:{args.webhook_port}"
         with contextlib.ExitStack() as resources:
-            shops_file = shops_file_path()
-            if not args.demo and (shops_file.exists() or os.environ.get(SHOPS_FILE_ENV)):
-                # A shops file named explicitly but missing is an error (load_shops says so), never
-                # a silent switch to demo shops that would land fake carts in a real warehouse.
-                shops = load_shops(shops_file)
-                print(f"\nShops from {shops_file}: " + ", ".join(f"{s.id} ({s.platform})" for s in shops))
-            else:
-                every_s = float(os.environ.get("CART_RECOVERY_DEMO_ACTIVITY_S") or 45)
-                demo = demo_shops(Path(env["AIRFLOW_HOME"]) / "demo", webhook_url, every_s=every_s)
-                env.update(resources.enter_context(demo))
-                print(
-                    f"\nDEMO SHOPS: no shops file at {shops_file}, so the shop simulator serves four demo "
-                    "shops (Shopify, WooCommerce, Ticimax, Ideasoft) whose customers shop in real time.\n"
-                    "  To use real shops instead: write config/shops.yaml and their connections "
-                    "(README: Adding a shop), then run make up again."
-                )
+            env.update(_shops_or_demo(args, resources, Path(env["AIRFLOW_HOME"]) / "demo", webhook_url))
             connections = sorted(
                 k[len("AIRFLOW_CONN_") :].lower() for k in env if k.startswith("AIRFLOW_CONN_")
             )

@@ -7,7 +7,7 @@ import socket
 import uuid
 
 from fastapi.testclient import TestClient
-from webhook_helpers import dumps, fetch, shop_headers, shopify_checkout
+from webhook_helpers import fetch, signed_shopify_checkout
 
 from cart_recovery.webhooks.app import create_app
 from cart_recovery.webhooks.config import WebhookConfig
@@ -20,18 +20,8 @@ def _closed_port() -> int:
 
 
 def _send(client, shops, delivery_id: str, topic: str = "checkouts/update"):
-    body = dumps(shopify_checkout())
-    headers = shop_headers(
-        "shopify",
-        domain=shops.shopify.domain,
-        secret=shops.shopify.secret,
-        body=body,
-        topic=topic,
-        delivery_id=delivery_id,
-    )
-    return client.post(
-        "/webhooks/shopify", content=body, headers={**headers, "Content-Type": "application/json"}
-    )
+    body, headers = signed_shopify_checkout(shops, delivery_id, topic=topic)
+    return client.post("/webhooks/shopify", content=body, headers=headers)
 
 
 def test_database_down_answers_503(shops, db):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from webhook_helpers import dumps, shop_headers, shopify_checkout
+from webhook_helpers import signed_shopify_checkout
 
 from cart_recovery.database import migrate
 from cart_recovery.webhooks.app import create_app
@@ -48,19 +48,9 @@ def test_restart_during_burst(shops, throwaway_server):
     def burst(client: TestClient) -> None:
         i = 0
         while not stop.is_set():
-            body = dumps(shopify_checkout(checkout_id=i))
             delivery_id = f"burst-{i}"
-            headers = shop_headers(
-                "shopify",
-                domain=shops.shopify.domain,
-                secret=shops.shopify.secret,
-                body=body,
-                topic="checkouts/update",
-                delivery_id=delivery_id,
-            )
-            answer = client.post(
-                "/webhooks/shopify", content=body, headers={**headers, "Content-Type": "application/json"}
-            )
+            body, headers = signed_shopify_checkout(shops, delivery_id, checkout_id=i)
+            answer = client.post("/webhooks/shopify", content=body, headers=headers)
             answers[delivery_id] = answer.status_code
             i += 1
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from webhook_helpers import dumps, fetch, shop_headers, shopify_checkout
+from webhook_helpers import fetch, signed_shopify_checkout
 
 from cart_recovery.cli import build_parser
 
@@ -74,18 +74,8 @@ def test_served_by_uvicorn(served, shops, db):
     } <= set(paths)
     assert {"get", "post"} <= set(paths["/webhooks/whatsapp"])
 
-    body = dumps(shopify_checkout())
-    headers = shop_headers(
-        "shopify",
-        domain=shops.shopify.domain,
-        secret=shops.shopify.secret,
-        body=body,
-        topic="checkouts/create",
-        delivery_id="over-http",
-    )
-    answer = httpx.post(
-        f"{base}/webhooks/shopify", content=body, headers={**headers, "Content-Type": "application/json"}
-    )
+    body, headers = signed_shopify_checkout(shops, "over-http", topic="checkouts/create")
+    answer = httpx.post(f"{base}/webhooks/shopify", content=body, headers=headers)
     assert answer.status_code == 200, answer.text
     # Committed before the answer: visible at once from another connection.
     assert fetch(db, "select delivery_id from raw.webhook_events where shop_id = %s", shops.shopify.id) == [

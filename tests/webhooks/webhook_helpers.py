@@ -176,3 +176,19 @@ def fetch(conn: psycopg2.extensions.connection, query: str, *params) -> list[tup
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchall()
+
+
+def signed_shopify_checkout(
+    shops, delivery_id: str, *, topic: str = "checkouts/update", checkout_id: int | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A Shopify checkout webhook of the test shop: the raw body and every header, signed."""
+    body = dumps(shopify_checkout() if checkout_id is None else shopify_checkout(checkout_id=checkout_id))
+    headers = shop_headers(
+        "shopify",
+        domain=shops.shopify.domain,
+        secret=shops.shopify.secret,
+        body=body,
+        topic=topic,
+        delivery_id=delivery_id,
+    )
+    return body, {**headers, "Content-Type": "application/json"}

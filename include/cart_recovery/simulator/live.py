@@ -74,7 +74,7 @@ class LiveActivity:
 
     def _new_cart(self, data: ShopData, now: datetime) -> Cart:
         rng = self._rng
-        serial = int(now.timestamp() * 1000) - _EPOCH_MS
+        serial = _serial(now)
         customer = rng.choice(data.customers) if rng.random() < 0.85 else None
         items = [
             LineItem(product, rng.choice(product.variants), rng.randint(1, 2))
@@ -97,7 +97,7 @@ class LiveActivity:
         cart.completed_at = now
         cart.updated_at = now
         order = Order(
-            id=_ID_BASE + int(now.timestamp() * 1000) - _EPOCH_MS,
+            id=_ID_BASE + _serial(now),
             customer=cart.customer,
             email=cart.email,
             phone=cart.phone,
@@ -154,6 +154,11 @@ class LiveActivity:
                 self.counts[self.step(datetime.now(UTC))] += 1
             except Exception:  # a demo must keep going; the log says what went wrong
                 log.exception("live shoppers: a step failed")
+
+
+def _serial(now: datetime) -> int:
+    """Milliseconds since ``_EPOCH_MS``: live ids that never repeat, across restarts too."""
+    return int(now.timestamp() * 1000) - _EPOCH_MS
 
 
 def pinned_reference_time(path, now: datetime | None = None) -> datetime:

@@ -56,6 +56,27 @@ def _libpq_parts(url: URL) -> dict[str, str]:
     }
 
 
+def warehouse_environment(database: Database) -> dict[str, str]:
+    """Every variable that names the warehouse: the Airflow connection, the URL and dbt's libpq parts.
+
+    Pointing a process (or a test module) at another warehouse database means setting all of these.
+    """
+    return {
+        f"AIRFLOW_CONN_{settings.WAREHOUSE_CONN_ID.upper()}": json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": database.warehouse.host,
+                "port": database.warehouse.port or 5432,
+                "login": database.warehouse.username,
+                "password": database.warehouse.password or "",
+                "schema": database.warehouse.database,
+            }
+        ),
+        settings.DATABASE_URL_ENV: database.url,
+        **_libpq_parts(database.warehouse),
+    }
+
+
 def project_environment(
     database: Database,
     *,
@@ -98,34 +119,22 @@ def project_environment(
         # Task groups keyed by their folder's full path: intermediate/recovery and marts/recovery
         # are two groups, not one (cart_recovery.transform groups the dbt graph by folder).
         "AIRFLOW__COSMOS__ENABLE_HIERARCHICAL_NAMING_FOR_GROUP_NODES_BY_FOLDER": "True",
-        f"AIRFLOW_CONN_{settings.WAREHOUSE_CONN_ID.upper()}": json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": database.warehouse.host,
-                "port": database.warehouse.port or 5432,
-                "login": database.warehouse.username,
-                "password": database.warehouse.password or "",
-                "schema": database.warehouse.database,
-            }
-        ),
-        settings.DATABASE_URL_ENV: database.url,
         "DBT_PROFILES_DIR": str(paths.dbt_project),
         "DBT_PROJECT_DIR": str(paths.dbt_project),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         "DO_NOT_TRACK": "1",
-        **_libpq_parts(database.warehouse),
+        **warehouse_environment(database),
     }
     env = {**defaults, **{k: v for k, v in base.items() if k in defaults and k.startswith("AIRFLOW__")}}
     # The warehouse settings always follow the database chosen for this call.
     merged = {**base, **env}
     for key in (
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-        settings.DATABASE_URL_ENV,
         "AIRFLOW_HOME",
         settings.AIRFLOW_HOME_ENV,
     ):
         merged[key] = defaults[key]
-    merged.update(_libpq_parts(database.warehouse))
+    merged.update(warehouse_environment(database))
     path = merged.get("PATH", "")
     if not path.startswith(venv_bin + os.pathsep):
         # `airflow standalone`-style launchers and Cosmos run `airflow`/`dbt` from PATH.

@@ -87,12 +87,19 @@ def cart_transform(airflow_db, dbt_manifest):
 
 
 @pytest.fixture(scope="module")
+def database(module_database):
+    """A warehouse of this module's own: its builds drop and rebuild the dbt schemas."""
+    return module_database
+
+
+@pytest.fixture
 def clean_warehouse(database):
-    """Only this test's raw rows, and no dbt state or build history from other tests."""
+    """Only this test's raw rows, and no dbt state or build history from another test."""
     with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
         cur.execute("drop schema if exists policy, staging, intermediate, marts cascade")
-        cur.execute("truncate raw.webhook_events, raw.polled_records, ops.transform_runs")
-        cur.execute("delete from ops.privacy_requests")
+        cur.execute(
+            "truncate raw.webhook_events, raw.polled_records, ops.transform_runs, ops.privacy_requests cascade"
+        )
         _land(conn, 1, RUN_AFTER - timedelta(hours=2))  # abandoned 2 hours before the run
     return database
 
@@ -144,10 +151,12 @@ def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):
 
 
 def test_privacy_erasure_and_backfill_force_a_full_refresh(cart_transform, clean_warehouse):
-    from cart_recovery.plan import decide_build
+    from cart_recovery.plan import decide_build, record_build
 
     database = clean_warehouse
-    last_as_of = _query(database, "select max(as_of) from ops.transform_runs")[0][0]
+    assert decide_build(RUN_AFTER.isoformat()) == {"full_refresh": True, "reason": "first build"}
+    record_build("earlier-build", RUN_AFTER.isoformat(), {"full_refresh": True, "reason": "first build"}, {})
+    last_as_of = RUN_AFTER
     assert decide_build(last_as_of.isoformat()) == {"full_refresh": False, "reason": "incremental"}
 
     earlier = (last_as_of - timedelta(days=1)).isoformat()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -120,12 +121,6 @@ class RawBatch:
                     self.polled,
                 )
         conn.commit()
-
-
-def truncate_raw(conn: psycopg2.extensions.connection) -> None:
-    with conn.cursor() as cur:
-        cur.execute("truncate raw.webhook_events, raw.polled_records")
-    conn.commit()
 
 
 # --- payloads in each platform's shape ---------------------------------------------------------------
@@ -307,13 +302,20 @@ def ideasoft_member(member_id: int, email: str, phone: str | None, allowed: bool
 # --- dbt -------------------------------------------------------------------------------------------
 
 
+def dbt_env(**extra: str) -> dict[str, str]:
+    """The test environment, with dbt's target folder private to this process: two test sessions
+    (or xdist workers) building at once never write each other's manifest or partial parse."""
+    target = Path(tempfile.gettempdir()) / f"cart-recovery-dbt-target-{os.getpid()}"
+    return {**os.environ, "DBT_TARGET_PATH": str(target), **extra}
+
+
 def run_dbt(*args: str, as_of: datetime) -> float:
     """Run dbt in the project with the test environment; returns the seconds it took."""
     started = time.monotonic()
     result = subprocess.run(
         ["dbt", *args, "--vars", json.dumps({"as_of": iso(as_of)})],
         cwd=DBT_PROJECT,
-        env=os.environ,
+        env=dbt_env(),
         capture_output=True,
         text=True,
     )

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from cart_recovery.simulator import Simulator
 from cart_recovery.simulator.data import DEFAULT_REFERENCE_TIME
 
 # The simulator's data ends at its reference time; a run whose interval ends there sees all of it.
 INTERVAL_END: datetime = DEFAULT_REFERENCE_TIME
+
+
+def expected_counts(sim: Simulator, shop_id: str) -> dict[str, int]:
+    """What a poll of the whole history stores for the shop, per entity (Ticimax has no products API)."""
+    data = sim.data(shop_id)
+    counts = {"cart": len(data.carts), "order": len(data.orders), "customer": len(data.customers)}
+    if data.shop.platform != "ticimax":
+        counts["product"] = len(data.products)
+    return counts

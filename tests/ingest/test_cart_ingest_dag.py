@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from polling_helpers import INTERVAL_END
+from polling_helpers import INTERVAL_END, expected_counts
 from sqlalchemy import func, select
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "cart_ingest.py"
@@ -21,23 +21,67 @@ def test_dag_polls_every_shop_for_its_interval(simulator, airflow_db, warehouse,
     shops_file.write_text(simulator.shops_yaml())
     monkeypatch.setenv("CART_RECOVERY_SHOPS_FILE", str(shops_file))
     dag = DagBag(dag_folder=str(DAG_FILE)).dags["cart_ingest"]
+    events_before = _raw_asset_events()
 
     run = dag.test(logical_date=INTERVAL_END)
 
     assert run.state == "success"
+    shop_ids = [s.id for s in simulator.shops]
+    expected = {shop_id: expected_counts(simulator, shop_id) for shop_id in shop_ids}
     with warehouse.cursor() as cur:
         cur.execute(
-            "select shop_id, count(*) from raw.polled_records where shop_id = any(%s) group by 1",
-            ([s.id for s in simulator.shops],),
+            "select shop_id, entity, count(*) from raw.polled_records where shop_id = any(%s) group by 1, 2",
+            (shop_ids,),
         )
-        stored = dict(cur.fetchall())
+        stored: dict[str, dict[str, int]] = {}
+        for shop_id, entity, count in cur.fetchall():
+            stored.setdefault(shop_id, {})[entity] = count
         cur.execute(
-            "select max(watermark) from ops.ingest_watermarks where shop_id = any(%s)",
-            ([s.id for s in simulator.shops],),
+            "select shop_id, entity, watermark from ops.ingest_watermarks where shop_id = any(%s)",
+            (shop_ids,),
         )
-        (newest,) = cur.fetchone()
-    assert set(stored) == {s.id for s in simulator.shops}
-    assert newest <= INTERVAL_END
+        watermarks = {(shop_id, entity): mark for shop_id, entity, mark in cur.fetchall()}
+    assert stored == expected  # every record of every shop, once
+    # One watermark per shop and entity: the newest record's time, never past the interval's end.
+    assert set(watermarks) == {(shop_id, entity) for shop_id in expected for entity in expected[shop_id]}
+    for (shop_id, entity), mark in watermarks.items():
+        newest = max(
+            r.updated_at for r in _records(simulator, shop_id, entity) if r.updated_at <= INTERVAL_END
+        )
+        assert mark == newest, (shop_id, entity)
+    # The raw Asset got exactly one event, and the totals the run published add up.
+    assert _raw_asset_events() == events_before + 1
+    records = sum(sum(counts.values()) for counts in expected.values())
+    assert _publish_raw_totals(run) == {
+        "shops": len(shop_ids),
+        "fetched": records,
+        "loaded": records,
+        "unchanged": 0,
+        "quarantined": 0,
+    }
+
+
+def _records(simulator, shop_id: str, entity: str) -> list:
+    data = simulator.data(shop_id)
+    return {"cart": data.carts, "order": data.orders, "customer": data.customers, "product": data.products}[
+        entity
+    ]
+
+
+def _publish_raw_totals(run) -> dict:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        totals = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == "cart_ingest",
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == "publish_raw",
+                XComModel.key == "return_value",
+            )
+        )
+    return json.loads(totals) if isinstance(totals, str) else totals
 
 
 def _raw_asset_events() -> int:
@@ -63,8 +107,6 @@ def test_a_failing_shop_does_not_hold_back_the_others(
     """One shop's API is down: the others land and the raw Asset is published for them; the
     failed shop's task and the run stay failed, so the failure is visible in the grid."""
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
 
     shops = [shop.model_dump(mode="json") for shop in simulator.shop_models()]
     down = next(s for s in shops if s["platform"] == "woocommerce")
@@ -89,19 +131,8 @@ def test_a_failing_shop_does_not_hold_back_the_others(
     assert set(polls.values()) == {"success"}
     assert states[("publish_raw", -1)] == "success"
     assert states[("all_shops_polled", -1)] == "upstream_failed"
-    events_after = _raw_asset_events()
-    assert events_after == events_before + 1
-    with create_session() as session:
-        totals = session.scalar(
-            select(XComModel.value).where(
-                XComModel.dag_id == "cart_ingest",
-                XComModel.run_id == run.run_id,
-                XComModel.task_id == "publish_raw",
-                XComModel.key == "return_value",
-            )
-        )
-    totals = json.loads(totals) if isinstance(totals, str) else totals
-    assert totals["shops"] == len(shops) - 1  # the three shops that were polled
+    assert _raw_asset_events() == events_before + 1
+    assert _publish_raw_totals(run)["shops"] == len(shops) - 1  # the three shops that were polled
     with warehouse.cursor() as cur:
         cur.execute(
             "select distinct shop_id from raw.polled_records where shop_id = any(%s)",

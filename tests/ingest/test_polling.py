@@ -6,12 +6,11 @@ import time
 from datetime import timedelta
 
 import pytest
-from polling_helpers import INTERVAL_END
+from polling_helpers import INTERVAL_END, expected_counts
 
 from cart_recovery.ingest.poll import ingest_shop
 from cart_recovery.platforms import RetryPolicy, client_for
 from cart_recovery.platforms.ideasoft import IdeasoftClient
-from cart_recovery.simulator import Simulator
 
 SHOPS = ["anatolia-shopify", "hudson-woo", "kapadokya-ticimax", "ege-ideasoft"]
 
@@ -24,14 +23,6 @@ def _stored(warehouse, shop_id: str) -> list[tuple]:
             (shop_id,),
         )
         return cur.fetchall()
-
-
-def _expected_counts(sim: Simulator, shop_id: str) -> dict[str, int]:
-    data = sim.data(shop_id)
-    counts = {"cart": len(data.carts), "order": len(data.orders), "customer": len(data.customers)}
-    if data.shop.platform != "ticimax":
-        counts["product"] = len(data.products)
-    return counts
 
 
 def _watermarks(warehouse, shop_id: str) -> dict:
@@ -49,7 +40,7 @@ def test_polls_every_entity_once_and_twice_changes_nothing(simulator, database, 
     watermarks = _watermarks(warehouse, shop_id)
     second = ingest_shop(shop, interval_end=INTERVAL_END, conn_url=database.url)
 
-    expected = _expected_counts(simulator, shop_id)
+    expected = expected_counts(simulator, shop_id)
     assert {entity: first[entity]["loaded"] for entity in expected} == expected
     by_entity: dict[str, int] = {}
     for entity, *_ in stored:
@@ -101,7 +92,9 @@ def test_pagination_crosses_pages(simulator, database, warehouse, shop_id):
         client=client,
     )
     assert report["cart"]["loaded"] == 8
-    assert client.stats["requests"] >= 3  # 8 carts, 3 per page
+    # 8 carts, 3 per page: pages of 3, 3 and 2; the short page ends it, on every platform.
+    assert client.stats == {"requests": 3, "throttled": 0, "retried": 0}
+    assert simulator.requests(shop_id, "api") == 3
 
 
 @pytest.mark.parametrize("shop_id", SHOPS)
@@ -118,9 +111,10 @@ def test_429_waits_for_retry_after_then_succeeds(simulator, database, shop_id):
         client=client,
     )
     assert report["cart"]["loaded"] == 8
-    assert client.stats["throttled"] >= 1
-    assert waits and set(waits) == {7.0}  # exactly what Retry-After said, not the backoff
-    assert simulator.requests(shop_id, "throttled") == client.stats["throttled"]
+    # Three pages; every second request is refused: page 1, 429, page 2, 429, page 3.
+    assert client.stats == {"requests": 5, "throttled": 2, "retried": 2}
+    assert waits == [7.0, 7.0]  # exactly what Retry-After said, not the backoff
+    assert simulator.requests(shop_id, "throttled") == 2
 
 
 def test_429_really_sleeps(simulator, database):
@@ -149,8 +143,14 @@ def test_5xx_is_retried_with_backoff(simulator, database, shop_id):
         client=client,
     )
     assert report["cart"]["loaded"] == 8
-    assert simulator.requests(shop_id, "failed") >= 1
-    assert waits and all(w == 0.5 for w in waits)  # first retry after each 503
+    # Every second request fails with a 503. Two full pages of 4: Shopify (hasNextPage) and
+    # WooCommerce (X-WP-TotalPages) know they are done; Ticimax and Ideasoft ask for a third page
+    # to find it empty, and that request fails once too.
+    pages = 2 if shop_id in ("anatolia-shopify", "hudson-woo") else 3
+    failures = pages - 1  # the first request succeeds, then every page is refused once
+    assert client.stats == {"requests": pages + failures, "throttled": 0, "retried": failures}
+    assert simulator.requests(shop_id, "failed") == failures
+    assert waits == [0.5] * failures  # the first retry's backoff after each 503
 
 
 def test_persistent_failure_is_bounded_and_leaves_the_watermark(simulator, database, warehouse):

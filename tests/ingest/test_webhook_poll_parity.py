@@ -51,6 +51,12 @@ STAGING_CARTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def database(module_database):
+    """A warehouse of this module's own: a test truncates raw and builds the staging models."""
+    return module_database
+
+
 @pytest.fixture
 def webhook_service(simulator: Simulator, database, tmp_path, monkeypatch) -> Iterator[str]:
     """The webhook service for the simulator's shops, under uvicorn on a loopback port."""
@@ -196,8 +202,8 @@ def test_ticimax_is_polled_only(simulator, database, warehouse):
 
 
 @pytest.mark.slow
-def test_staging_has_one_row_per_cart(simulator, database, warehouse, webhook_service, dbt_manifest):
-    # Staging is incremental and other tests use the same shop ids: start from raw alone.
+def test_staging_has_one_row_per_cart(simulator, database, warehouse, webhook_service, tmp_path):
+    # Staging is incremental and the module's other tests use the same shop ids: raw alone.
     with warehouse.cursor() as cur:
         cur.execute("truncate raw.webhook_events, raw.polled_records")
     warehouse.commit()
@@ -212,7 +218,7 @@ def test_staging_has_one_row_per_cart(simulator, database, warehouse, webhook_se
     ingest_shop(simulator.shop("kapadokya-ticimax"), interval_end=INTERVAL_END, conn_url=database.url)
     build = subprocess.run(
         [str(Path(sys.executable).parent / "dbt"), "build", "--select", "staging", "--full-refresh"],
-        env=os.environ,
+        env={**os.environ, "DBT_TARGET_PATH": str(tmp_path / "target")},  # not the project's target/
         cwd=DBT_PROJECT,
         capture_output=True,
         text=True,

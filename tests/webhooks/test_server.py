@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dependencies import missing
 from webhook_helpers import fetch, signed_shopify_checkout
 
 from cart_recovery.cli import build_parser
@@ -35,7 +36,7 @@ def served(shops, database, tmp_path: Path):
     """``cart-recovery webhooks`` on a free loopback port; yields its base URL."""
     executable = shutil.which("cart-recovery", path=str(Path(sys.executable).parent))
     if executable is None:
-        pytest.skip("the cart-recovery console script is not installed in this environment")
+        missing("the cart-recovery console script is not installed in this environment (run `make install`)")
     port = _free_port()
     env = {**os.environ, "CART_RECOVERY_DATABASE_URL": database.url}
     log = (tmp_path / "server.log").open("w")
@@ -94,7 +95,7 @@ def test_api_docs_render_without_internet(served, tmp_path: Path):
 
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium): the page was not rendered")
+        missing("chromium is not installed (apt-get install -y chromium): the page was not rendered")
     rendered = subprocess.run(
         [
             chromium,

@@ -38,12 +38,17 @@ def test_each_broken_fact_is_named_and_good_rows_pass():
         _cart("11", created_at=END, updated_at=END - timedelta(days=1)),
         _cart("12", currency=None, total=None),
         _cart("13", phone=None, email=None),
-        _cart("14"),
-        _cart("14"),
+        # One cart in two versions (changed while its listing was paged): both are real.
+        _cart("14", updated_at=END - timedelta(hours=1)),
+        _cart("14", updated_at=END - timedelta(minutes=5), total="12.00"),
+        # Two payloads claiming the same id and update time contradict each other. (Exact
+        # repeats never get here: the load path drops them first, see test_polling.py.)
+        _cart("15", total="10.50"),
+        _cart("15", total="99.00"),
     ]
     verdict = validate_batch("cart", records, END)
     reasons = {record.record_id: found for record, found in verdict.bad}
-    assert [r.record_id for r in verdict.good] == ["1", "13"]
+    assert [r.record_id for r in verdict.good] == ["1", "13", "14", "14"]
     assert reasons[None] == ["record_id_present"]
     assert reasons["3"] == ["currency_iso_4217"]
     assert reasons["4"] == ["total_non_negative"]
@@ -55,8 +60,9 @@ def test_each_broken_fact_is_named_and_good_rows_pass():
     assert reasons["10"] == ["created_at_sane"]
     assert reasons["11"] == ["created_before_updated"]
     assert reasons["12"] == ["currency_present", "total_present"]
-    assert reasons["14"] == ["record_id_unique"]
-    assert verdict.failures["record_id_unique"] == 2
+    assert reasons["15"] == ["version_unique"]
+    assert [r.total for r, _ in verdict.bad if r.record_id == "15"] == ["10.50", "99.00"]
+    assert verdict.failures["version_unique"] == 2
 
 
 def test_products_need_no_currency_or_total():

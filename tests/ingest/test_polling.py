@@ -10,7 +10,9 @@ from polling_helpers import INTERVAL_END, expected_counts
 
 from cart_recovery.ingest.poll import ingest_shop
 from cart_recovery.platforms import RetryPolicy, client_for
+from cart_recovery.platforms.base import Window
 from cart_recovery.platforms.ideasoft import IdeasoftClient
+from cart_recovery.platforms.woocommerce import WooCommerceClient
 
 SHOPS = ["anatolia-shopify", "hudson-woo", "kapadokya-ticimax", "ege-ideasoft"]
 
@@ -304,3 +306,79 @@ def test_a_server_that_ignores_the_page_parameter_fails_clearly(simulator, datab
     with pytest.raises(PlatformError, match="ignores the page parameter"):
         ingest_shop(simulator.shop(shop_id), interval_end=INTERVAL_END, conn_url=database.url, client=client)
     assert simulator.requests(shop_id) < 20  # it noticed at the second page, not after a timeout
+
+
+class _RepagingWooCommerce(WooCommerceClient):
+    """The real WooCommerce client against the fake, plus what offset paging does when a cart
+    changes while the listing is being read: the cart comes back at the end of the listing.
+
+    ``change`` updates the simulator's cart after the first page was read; the client then reads
+    the changed cart again through the real API, as the listing's last page would return it.
+    """
+
+    def __init__(self, *args, change, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.change = change
+
+    def fetch(self, entity: str, window: Window):
+        records = list(super().fetch(entity, window))
+        yield from records
+        if entity == "cart":
+            changed = self.change()
+            # WooCommerce's cart id is not the simulator's: find the cart by its recovery token.
+            again = [r for r in super().fetch(entity, window) if changed.token in r.payload["cart_url"]]
+            assert len(again) == 1
+            self.changed_id = again[0].record_id
+            yield from again
+
+
+def _changed_mid_listing(simulator, database, warehouse, *, bump_modified: bool):
+    """Poll hudson-woo's carts once while its first cart changes; returns the report and the rows."""
+    shop = simulator.shop("hudson-woo")
+    cart = simulator.data(shop.id).carts[0]
+    before = (cart.updated_at, cart.total)
+
+    def change():
+        cart.total_override = cart.total + 100
+        if bump_modified:
+            cart.updated_at = INTERVAL_END - timedelta(minutes=1)
+        return cart
+
+    client = _RepagingWooCommerce(shop, page_size=3, change=change)
+    report = ingest_shop(
+        shop, interval_end=INTERVAL_END, conn_url=database.url, entities=["cart"], client=client
+    )
+    versions = [
+        (row[2], row[3]["total"])
+        for row in _stored(warehouse, shop.id)
+        if row[0] == "cart" and row[1] == client.changed_id
+    ]
+    return report, versions, before, cart, client.changed_id
+
+
+def test_a_cart_changed_while_paging_keeps_both_versions(simulator, database, warehouse):
+    """The production case for the uniqueness check: one id, two payloads, in one batch."""
+    report, versions, (old_time, old_total), cart, _ = _changed_mid_listing(
+        simulator, database, warehouse, bump_modified=True
+    )
+    assert report["cart"]["quarantined"] == 0, report["cart"]["failures"]
+    assert report["cart"]["loaded"] == 9  # 8 carts, one of them twice
+    assert sorted(versions) == [(old_time, str(old_total)), (cart.updated_at, str(cart.total))]
+    assert _watermarks(warehouse, "hudson-woo")["cart"] == cart.updated_at
+
+
+def test_one_id_and_time_with_two_payloads_is_quarantined(simulator, database, warehouse):
+    """A shop that changes a cart without bumping its modified time contradicts itself within one
+    listing: neither payload is loaded, both are kept in quarantine, and the other carts load."""
+    report, versions, _, cart, cart_id = _changed_mid_listing(
+        simulator, database, warehouse, bump_modified=False
+    )
+    assert report["cart"]["failures"] == {"version_unique": 2}
+    assert (report["cart"]["loaded"], report["cart"]["quarantined"]) == (7, 2)
+    assert versions == []
+    with warehouse.cursor() as cur:
+        cur.execute(
+            "select payload->>'total' from ops.quarantine where shop_id = 'hudson-woo' and record_id = %s",
+            (cart_id,),
+        )
+        assert sorted(row[0] for row in cur.fetchall()) == sorted([str(cart.total - 100), str(cart.total)])

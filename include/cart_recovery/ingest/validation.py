@@ -43,7 +43,13 @@ def _expectations(entity: str) -> list[tuple[str, object]]:
 
     checks: list[tuple[str, object]] = [
         ("record_id_present", gxe.ExpectColumnValuesToNotBeNull(column="record_id")),
-        ("record_id_unique", gxe.ExpectColumnValuesToBeUnique(column="record_id")),
+        # One version per id and update time. Two versions of one record with different update
+        # times are both real (a cart updated while its listing was being paged) and both load;
+        # two different payloads claiming the same id and time contradict each other.
+        (
+            "version_unique",
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["record_id", "updated_epoch"]),
+        ),
         ("updated_at_present", gxe.ExpectColumnValuesToNotBeNull(column="updated_epoch")),
         (
             "updated_at_sane",

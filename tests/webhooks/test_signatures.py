@@ -4,6 +4,7 @@ computed once with openssl."""
 from __future__ import annotations
 
 import pytest
+from webhook_helpers import b64_hmac, hex_hmac
 
 from cart_recovery.webhooks import signatures
 
@@ -49,6 +50,9 @@ OPENSSL_VECTORS = [
     ("body", "expected_hex", "expected_b64"), OPENSSL_VECTORS, ids=["empty", "utf8", "100k"]
 )
 def test_vectors_computed_by_openssl(body, expected_hex, expected_b64):
+    # The tests' own signing helpers (webhook_helpers) are held to the same references.
+    assert b64_hmac(OPENSSL_SECRET, body) == expected_b64
+    assert hex_hmac(OPENSSL_SECRET, body) == f"sha256={expected_hex}"
     assert signatures.base64_signature(OPENSSL_SECRET, body) == expected_b64
     assert signatures.meta_signature(OPENSSL_SECRET, body) == f"sha256={expected_hex}"
     assert signatures.verify_base64(OPENSSL_SECRET, body, expected_b64)

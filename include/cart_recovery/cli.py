@@ -345,6 +345,25 @@ def load_dotenv_file(paths: settings.Paths | None = None) -> list[str]:
     return loaded
 
 
+_PASSTHROUGH_TOOLS = ("airflow", "dbt")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; everything after ``dbt`` or ``airflow`` goes to that tool untouched.
+
+    argparse's REMAINDER refuses a first word that looks like an option (``dbt --quiet ls``,
+    ``airflow --help``), so the tool's words are split off before parsing.
+    """
+    for index, word in enumerate(argv):
+        if word in _PASSTHROUGH_TOOLS:
+            args = build_parser().parse_args(argv[: index + 1])
+            args.args = argv[index + 1 :]
+            return args
+        if not word.startswith("-"):
+            break
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     load_dotenv_file()
     # Every command uses the project's Airflow home, never Airflow's default ~/airflow.
@@ -352,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["AIRFLOW_HOME"] = os.environ.get(settings.AIRFLOW_HOME_ENV) or str(
         settings.Paths.from_env().airflow_home()
     )
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -29,35 +29,30 @@ _BRACED = re.compile(r"(?P<name>[_A-Za-z][_A-Za-z0-9]*)(?:(?P<op>:?[-?+])(?P<arg
 class InterpolationError(ValueError):
     """A value could not be interpolated; ``path`` says where it is in the file."""
 
-    def __init__(self, reason: str, path: tuple[str | int, ...] = ()) -> None:
-        self.reason = reason
-        self.path = path
-        where = ".".join(str(p) for p in path)
-        super().__init__(f"{where}: {reason}" if where else reason)
+    path: tuple[str | int, ...] = ()
 
-    def at(self, path: tuple[str | int, ...]) -> InterpolationError:
-        raise NotImplementedError
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = ".".join(str(p) for p in self.path)
+        return f"{where}: {self.reason}" if where else self.reason
 
 
 class InvalidTemplate(InterpolationError):
-    def __init__(self, template: str, path: tuple[str | int, ...] = ()) -> None:
+    def __init__(self, template: str) -> None:
+        super().__init__(f"invalid interpolation format in {template!r}")
         self.template = template
-        super().__init__(f"invalid interpolation format in {template!r}", path)
-
-    def at(self, path: tuple[str | int, ...]) -> InvalidTemplate:
-        return InvalidTemplate(self.template, path)
 
 
 class MissingRequiredValue(InterpolationError):
     """``${VAR:?message}`` with VAR unset or empty, or ``${VAR?message}`` with VAR unset."""
 
-    def __init__(self, variable: str, message: str, path: tuple[str | int, ...] = ()) -> None:
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"required variable {variable} is missing a value: {message}")
         self.variable = variable
         self.message = message
-        super().__init__(f"required variable {variable} is missing a value: {message}", path)
-
-    def at(self, path: tuple[str | int, ...]) -> MissingRequiredValue:
-        return MissingRequiredValue(self.variable, self.message, path)
 
 
 def _closing_brace(template: str, start: int) -> int:
@@ -138,7 +133,8 @@ def interpolate_config(value: Any, env: Mapping[str, str], path: tuple[str | int
         try:
             return interpolate(value, env)
         except InterpolationError as exc:
-            raise exc.at(path) from None
+            exc.path = path
+            raise
     if isinstance(value, dict):
         return {key: interpolate_config(item, env, (*path, key)) for key, item in value.items()}
     if isinstance(value, list):

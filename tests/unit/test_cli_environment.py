@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from cart_recovery import cli, settings
 
 
@@ -51,3 +53,21 @@ def test_secrets_from_connections_lose_surrounding_whitespace(monkeypatch):
         "AIRFLOW_CONN_SHOP_PASTED", '{"conn_type": "http", "extra": {"webhook_secret": "  s3cret\\n"}}'
     )
     assert required_extra("shop_pasted", "webhook_secret") == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("argv", "tool_args"),
+    [
+        (["dbt", "--quiet", "ls"], ["--quiet", "ls"]),
+        (["airflow", "--help"], ["--help"]),
+        (["-v", "dbt", "build", "--select", "staging"], ["build", "--select", "staging"]),
+        (["dbt"], []),
+    ],
+)
+def test_everything_after_the_tool_goes_to_it(argv, tool_args):
+    """`cart-recovery dbt --quiet ls` was refused by argparse ("unrecognized arguments")."""
+    from cart_recovery.cli import parse_args
+
+    args = parse_args(argv)
+    assert args.args == tool_args
+    assert args.verbose == (argv[0] == "-v")

@@ -98,7 +98,8 @@ def clean_warehouse(database):
     with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
         cur.execute("drop schema if exists policy, staging, intermediate, marts cascade")
         cur.execute(
-            "truncate raw.webhook_events, raw.polled_records, ops.transform_runs, ops.privacy_requests cascade"
+            "truncate raw.webhook_events, raw.polled_records, ops.transform_runs, "
+            "ops.privacy_requests cascade"
         )
         _land(conn, 1, RUN_AFTER - timedelta(hours=2))  # abandoned 2 hours before the run
     return database

@@ -19,15 +19,29 @@ from webhook_helpers import (
     woocommerce_cart,
 )
 
-# A phone number of this test run only: WhatsApp rows are matched across shops by phone.
+
+def _ayse(digits: str) -> tuple[dict, str]:
+    person = {
+        "id": 7001,
+        "email": "Ayse.Yilmaz@example.com",
+        "phone": f"+90 555 {digits[:3]} {digits[3:5]} {digits[5:]}",
+    }
+    return person, f"+90555{digits}"
+
+
+# Ayşe's phone number is new for every test (see _a_new_phone_per_test): WhatsApp rows belong to
+# no shop and are matched by phone, so a number shared by two tests would mix their messages.
 _DIGITS = f"{uuid.uuid4().int % 10**7:07d}"
-AYSE = {
-    "id": 7001,
-    "email": "Ayse.Yilmaz@example.com",
-    "phone": f"+90 555 {_DIGITS[:3]} {_DIGITS[3:5]} {_DIGITS[5:]}",
-}
-AYSE_E164 = f"+90555{_DIGITS}"
+AYSE, AYSE_E164 = _ayse(_DIGITS)
 OTHER = {"id": 7002, "email": "other.person@example.com", "phone": "+905559999999"}
+
+
+@pytest.fixture(autouse=True)
+def _a_new_phone_per_test(monkeypatch):
+    digits = f"{uuid.uuid4().int % 10**7:07d}"
+    person, e164 = _ayse(digits)
+    for name, value in (("_DIGITS", digits), ("AYSE", person), ("AYSE_E164", e164)):
+        monkeypatch.setitem(globals(), name, value)
 
 
 def _send(client, shops, topic: str, document: dict, *, platform="shopify", delivery_id=None):

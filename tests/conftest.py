@@ -13,12 +13,22 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 
 import psycopg2
 import pytest
-from database_copies import copy_airflow, copy_warehouse, drop_abandoned_copies, drop_copies
+from database_copies import (
+    check_name_lengths,
+    copy_airflow,
+    copy_warehouse,
+    drop_abandoned_copies,
+    drop_copies,
+    fingerprint,
+    hold_session,
+)
+from sqlalchemy.engine import make_url
 
 from cart_recovery import bootstrap, settings
 from cart_recovery.database import Database
@@ -27,48 +37,73 @@ from cart_recovery.environment import project_environment, warehouse_environment
 _state: dict[str, object] = {}
 _module_numbers = itertools.count(1)
 
+# The server the tests use, as the first pytest process found it. xdist workers inherit these
+# (project_environment below points CART_RECOVERY_DATABASE_URL at the controller's own copy).
+_BASE_URL_ENV = "CART_RECOVERY_TEST_BASE_URL"
+_BASE_EMBEDDED_ENV = "CART_RECOVERY_TEST_BASE_EMBEDDED"
+
+
+def _base_database() -> Database:
+    inherited = os.environ.get(_BASE_URL_ENV)
+    if inherited:
+        return Database(warehouse=make_url(inherited), embedded=os.environ.get(_BASE_EMBEDDED_ENV) == "1")
+    base = Database.from_env()
+    os.environ[_BASE_URL_ENV] = base.url
+    os.environ[_BASE_EMBEDDED_ENV] = "1" if base.embedded else "0"
+    return base
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    base = Database.from_env()
-    prefix = f"{base.warehouse.database}_test_p"
-    session = base.with_suffix(f"_test_p{os.getpid()}")
-    _state["started"] = session.start()
-    if session.embedded:
-        # Every session on this checkout holds a shared lock while it runs: the embedded server
-        # is stopped only by the session that started it, and only when no other one still uses it.
-        lock_path = settings.Paths.from_env().data / "test-sessions.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        _state["users"] = users = lock_path.open("a")
+    base = _base_database()
+    token = secrets.token_hex(4)
+    session = base.with_suffix(f"_test_s{token}")
+    template = base.with_suffix(f"_test_t{fingerprint()}")
+    try:
+        check_name_lengths(session, template)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    if base.embedded:
+        # Every session on this checkout holds a shared lock while it runs, taken before the
+        # server starts; the last one to finish stops the server if a test session started it.
+        data = settings.Paths.from_env().data
+        data.mkdir(parents=True, exist_ok=True)
+        _state["users"] = users = (data / "test-sessions.lock").open("a")
         fcntl.flock(users, fcntl.LOCK_SH)
+        if session.start():
+            (data / "test-started-server").touch()
+    _state["holder"] = hold_session(base, token)
     os.environ.update(project_environment(session, airflow_profile="test"))
-    _state.update(
-        base=base, prefix=prefix, session=session, template=base.with_suffix("_test_template"), copies=[]
-    )
+    _state.update(base=base, token=token, session=session, template=template, copies=[])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if "airflow.settings" in sys.modules:
         # Close Airflow's pooled connections before its database is dropped or the server stops.
         sys.modules["airflow.settings"].dispose_orm()
-    copies: list[str] = _state.get("copies", [])  # type: ignore[assignment]
-    if copies:
-        drop_copies(_state["session"], *copies)  # type: ignore[arg-type]
-    is_xdist_worker = hasattr(config, "workerinput")
-    if _state.get("started") and not is_xdist_worker and _sole_user():
-        _state["session"].stop()  # type: ignore[union-attr]
+    try:
+        copies: list[str] = _state.get("copies", [])  # type: ignore[assignment]
+        if copies:
+            drop_copies(_state["session"], *copies)  # type: ignore[arg-type]
+    finally:
+        holder = _state.pop("holder", None)
+        if holder is not None:
+            holder.close()  # type: ignore[attr-defined]
+        _stop_the_server_if_last()
 
 
-def _sole_user() -> bool:
-    """True when no other test session (or xdist worker) still holds the embedded server."""
+def _stop_the_server_if_last() -> None:
+    """Stop the embedded server when a test session started it and no other one still uses it."""
     users = _state.get("users")
     if users is None:
-        return True
+        return
     try:
         fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
     except BlockingIOError:
-        print("\nThe embedded PostgreSQL stays up: another test session is still using it.")
-        return False
-    return True
+        return  # another session (or xdist worker) is still running: it stops the server
+    marker = settings.Paths.from_env().data / "test-started-server"
+    if marker.exists():
+        _state["session"].stop()  # type: ignore[union-attr]
+        marker.unlink()
 
 
 def _copies() -> list[str]:
@@ -79,7 +114,7 @@ def _copies() -> list[str]:
 def session_database() -> Database:
     """This process's warehouse: a copy of the migrated template, dropped when the session ends."""
     session: Database = _state["session"]  # type: ignore[assignment]
-    drop_abandoned_copies(_state["base"], _state["prefix"])  # type: ignore[arg-type]
+    drop_abandoned_copies(_state["base"], _state["token"])  # type: ignore[arg-type]
     _copies().append(session.warehouse.database)
     copy_warehouse(_state["template"], session)  # type: ignore[arg-type]
     return session
@@ -117,8 +152,13 @@ def airflow_db(session_database: Database) -> Database:
 
 @pytest.fixture(scope="session")
 def dbt_manifest(session_database: Database) -> None:
-    """``dbt_project/target/manifest.json``, which the Cosmos DAGs render from."""
-    bootstrap.dbt_parse(os.environ, force=False)
+    """``dbt_project/target/manifest.json``, which the Cosmos DAGs render from (parsed by one
+    session at a time: two sessions or xdist workers on a fresh checkout would both write it)."""
+    target = settings.Paths.from_env().dbt_manifest.parent
+    target.mkdir(parents=True, exist_ok=True)
+    with (target / ".parse.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        bootstrap.dbt_parse(os.environ, force=False)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ current are skipped, so calling this before every command costs well under a sec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import time
@@ -61,7 +62,8 @@ def dbt_parse(env: Mapping[str, str], paths: settings.Paths | None = None, *, fo
 
 
 def _airflow_migrated_version(database: Database) -> str | None:
-    with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
+    # closing(): psycopg2's `with connection` ends the transaction but leaves the connection open.
+    with contextlib.closing(psycopg2.connect(database.url)) as conn, conn, conn.cursor() as cur:
         cur.execute(
             "select airflow_version from ops.airflow_metadata where database_name = %s",
             (database.airflow.database,),
@@ -76,7 +78,7 @@ def airflow_db_migrate(database: Database, env: Mapping[str, str], *, force: boo
     if not force and _airflow_migrated_version(database) == installed:
         return
     run_checked(["airflow", "db", "migrate"], env, "airflow db migrate")
-    with psycopg2.connect(database.url) as conn, conn.cursor() as cur:
+    with contextlib.closing(psycopg2.connect(database.url)) as conn, conn, conn.cursor() as cur:
         cur.execute(
             """
             insert into ops.airflow_metadata (database_name, airflow_version, migrated_at)

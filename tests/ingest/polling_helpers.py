@@ -19,3 +19,16 @@ def expected_counts(sim: Simulator, shop_id: str) -> dict[str, int]:
     if data.shop.platform != "ticimax":
         counts["product"] = len(data.products)
     return counts
+
+
+def records(sim: Simulator, shop_id: str, entity: str) -> list:
+    """The simulator's records of one entity of a shop (what a poll of everything returns)."""
+    data = sim.data(shop_id)
+    return {"cart": data.carts, "order": data.orders, "customer": data.customers, "product": data.products}[
+        entity
+    ]
+
+
+def newest_update(sim: Simulator, shop_id: str, entity: str, until=INTERVAL_END):
+    """The watermark a poll up to ``until`` must leave: the newest update time at or before it."""
+    return max(r.updated_at for r in records(sim, shop_id, entity) if r.updated_at <= until)

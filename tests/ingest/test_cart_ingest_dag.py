@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from polling_helpers import INTERVAL_END, expected_counts
+from polling_helpers import INTERVAL_END, expected_counts, newest_update
 from sqlalchemy import func, select
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "cart_ingest.py"
@@ -45,10 +45,7 @@ def test_dag_polls_every_shop_for_its_interval(simulator, airflow_db, warehouse,
     # One watermark per shop and entity: the newest record's time, never past the interval's end.
     assert set(watermarks) == {(shop_id, entity) for shop_id in expected for entity in expected[shop_id]}
     for (shop_id, entity), mark in watermarks.items():
-        newest = max(
-            r.updated_at for r in _records(simulator, shop_id, entity) if r.updated_at <= INTERVAL_END
-        )
-        assert mark == newest, (shop_id, entity)
+        assert mark == newest_update(simulator, shop_id, entity), (shop_id, entity)
     # The raw Asset got exactly one event, and the totals the run published add up.
     assert _raw_asset_events() == events_before + 1
     records = sum(sum(counts.values()) for counts in expected.values())
@@ -59,13 +56,6 @@ def test_dag_polls_every_shop_for_its_interval(simulator, airflow_db, warehouse,
         "unchanged": 0,
         "quarantined": 0,
     }
-
-
-def _records(simulator, shop_id: str, entity: str) -> list:
-    data = simulator.data(shop_id)
-    return {"cart": data.carts, "order": data.orders, "customer": data.customers, "product": data.products}[
-        entity
-    ]
 
 
 def _publish_raw_totals(run) -> dict:

@@ -6,11 +6,10 @@ import time
 from datetime import timedelta
 
 import pytest
-from polling_helpers import INTERVAL_END, expected_counts
+from polling_helpers import INTERVAL_END, expected_counts, newest_update
 
 from cart_recovery.ingest.poll import ingest_shop
 from cart_recovery.platforms import RetryPolicy, client_for
-from cart_recovery.platforms.base import Window
 from cart_recovery.platforms.ideasoft import IdeasoftClient
 from cart_recovery.platforms.woocommerce import WooCommerceClient
 
@@ -54,7 +53,7 @@ def test_polls_every_entity_once_and_twice_changes_nothing(simulator, database, 
     assert all(second[entity]["loaded"] == 0 for entity in expected)
     assert _stored(warehouse, shop_id) == stored
     assert _watermarks(warehouse, shop_id) == watermarks
-    assert all(mark <= INTERVAL_END for mark in watermarks.values())
+    assert watermarks == {entity: newest_update(simulator, shop_id, entity) for entity in expected}
 
 
 def test_shopify_checkouts_land_in_the_rest_shape(simulator, database, warehouse):
@@ -175,13 +174,15 @@ def test_incremental_run_loads_only_the_new_version(simulator, database, warehou
     shop = simulator.shop("anatolia-shopify")
     ingest_shop(shop, interval_end=INTERVAL_END, conn_url=database.url, entities=["cart"])
     before = _stored(warehouse, shop.id)
+    first_watermark = _watermarks(warehouse, shop.id)["cart"]
+    assert first_watermark == newest_update(simulator, shop.id, "cart")
 
     cart = simulator.data(shop.id).carts[2]
     cart.updated_at = INTERVAL_END + timedelta(minutes=3)  # the customer came back
     next_end = INTERVAL_END + timedelta(minutes=5)
     report = ingest_shop(shop, interval_end=next_end, conn_url=database.url, entities=["cart"])
 
-    assert report["cart"]["window_start"] <= INTERVAL_END
+    assert report["cart"]["window_start"] == first_watermark
     assert report["cart"]["loaded"] == 1
     after = _stored(warehouse, shop.id)
     assert len(after) == len(before) + 1
@@ -305,80 +306,69 @@ def test_a_server_that_ignores_the_page_parameter_fails_clearly(simulator, datab
 
     with pytest.raises(PlatformError, match="ignores the page parameter"):
         ingest_shop(simulator.shop(shop_id), interval_end=INTERVAL_END, conn_url=database.url, client=client)
-    assert simulator.requests(shop_id) < 20  # it noticed at the second page, not after a timeout
+    # It stopped at the second page (the first answer again), not after a timeout or 100,000 pages.
+    assert simulator.requests(shop_id) == 2
 
 
-class _RepagingWooCommerce(WooCommerceClient):
-    """The real WooCommerce client against the fake, plus what offset paging does when a cart
-    changes while the listing is being read: the cart comes back at the end of the listing.
+class _ShopChangingMidListing(WooCommerceClient):
+    """The real WooCommerce client; the shop changes a cart right after the first page answered.
 
-    ``change`` updates the simulator's cart after the first page was read; the client then reads
-    the changed cart again through the real API, as the listing's last page would return it.
+    With ``Knobs.live_listings`` the fake re-runs the listing's query for every page, as a real
+    API's offset paging does: the changed cart moves to the end of the listing (ordered by
+    modification time) and comes back there, in the same poll, as a second version.
     """
 
     def __init__(self, *args, change, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.change = change
+        self.pages = 0
 
-    def fetch(self, entity: str, window: Window):
-        records = list(super().fetch(entity, window))
-        yield from records
-        if entity == "cart":
-            changed = self.change()
-            # WooCommerce's cart id is not the simulator's: find the cart by its recovery token.
-            again = [r for r in super().fetch(entity, window) if changed.token in r.payload["cart_url"]]
-            assert len(again) == 1
-            self.changed_id = again[0].record_id
-            yield from again
+    def request(self, method, endpoint, **kwargs):
+        response = super().request(method, endpoint, **kwargs)
+        self.pages += 1
+        if self.pages == 1:
+            self.change()
+        return response
 
 
-def _changed_mid_listing(simulator, database, warehouse, *, bump_modified: bool):
-    """Poll hudson-woo's carts once while its first cart changes; returns the report and the rows."""
+def _changed_mid_listing(simulator, database, warehouse):
+    """Poll hudson-woo's carts (3 per page) while its oldest cart changes after the first page."""
+    simulator.knobs.live_listings = True
     shop = simulator.shop("hudson-woo")
-    cart = simulator.data(shop.id).carts[0]
+    cart = min(simulator.data(shop.id).carts, key=lambda c: c.updated_at)  # on the first page
     before = (cart.updated_at, cart.total)
 
     def change():
-        cart.total_override = cart.total + 100
-        if bump_modified:
-            cart.updated_at = INTERVAL_END - timedelta(minutes=1)
-        return cart
+        cart.total_override = before[1] + 100
+        cart.updated_at = INTERVAL_END - timedelta(minutes=1)
 
-    client = _RepagingWooCommerce(shop, page_size=3, change=change)
+    client = _ShopChangingMidListing(shop, page_size=3, change=change)
     report = ingest_shop(
         shop, interval_end=INTERVAL_END, conn_url=database.url, entities=["cart"], client=client
     )
-    versions = [
-        (row[2], row[3]["total"])
-        for row in _stored(warehouse, shop.id)
-        if row[0] == "cart" and row[1] == client.changed_id
-    ]
-    return report, versions, before, cart, client.changed_id
+    # WooCommerce's cart id is not the simulator's: the cart is found by its recovery token.
+    stored = [row for row in _stored(warehouse, shop.id) if row[0] == "cart"]
+    cart_ids = {row[1] for row in stored if cart.token in row[3]["cart_url"]}
+    return report, stored, cart_ids, before, cart
 
 
 def test_a_cart_changed_while_paging_keeps_both_versions(simulator, database, warehouse):
     """The production case for the uniqueness check: one id, two payloads, in one batch."""
-    report, versions, (old_time, old_total), cart, _ = _changed_mid_listing(
-        simulator, database, warehouse, bump_modified=True
+    report, stored, cart_ids, (old_time, old_total), cart = _changed_mid_listing(
+        simulator, database, warehouse
     )
     assert report["cart"]["quarantined"] == 0, report["cart"]["failures"]
-    assert report["cart"]["loaded"] == 9  # 8 carts, one of them twice
-    assert sorted(versions) == [(old_time, str(old_total)), (cart.updated_at, str(cart.total))]
+    [cart_id] = cart_ids
+    versions = sorted((row[2], row[3]["total"]) for row in stored if row[1] == cart_id)
+    assert versions == [(old_time, str(old_total)), (cart.updated_at, str(cart.total))]
     assert _watermarks(warehouse, "hudson-woo")["cart"] == cart.updated_at
 
 
-def test_one_id_and_time_with_two_payloads_is_quarantined(simulator, database, warehouse):
-    """A shop that changes a cart without bumping its modified time contradicts itself within one
-    listing: neither payload is loaded, both are kept in quarantine, and the other carts load."""
-    report, versions, _, cart, cart_id = _changed_mid_listing(
-        simulator, database, warehouse, bump_modified=False
-    )
-    assert report["cart"]["failures"] == {"version_unique": 2}
-    assert (report["cart"]["loaded"], report["cart"]["quarantined"]) == (7, 2)
-    assert versions == []
-    with warehouse.cursor() as cur:
-        cur.execute(
-            "select payload->>'total' from ops.quarantine where shop_id = 'hudson-woo' and record_id = %s",
-            (cart_id,),
-        )
-        assert sorted(row[0] for row in cur.fetchall()) == sorted([str(cart.total - 100), str(cart.total)])
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10: offset paging skips the record that shifts back a page when an earlier one "
+    "changes mid-listing, and the watermark moves past it (needs seek pagination)",
+)
+def test_a_cart_changed_while_paging_skips_no_other_cart(simulator, database, warehouse):
+    _, stored, *_ = _changed_mid_listing(simulator, database, warehouse)
+    assert len({row[1] for row in stored}) == len(simulator.data("hudson-woo").carts)

@@ -19,15 +19,15 @@ def test_dotenv_fills_what_the_shell_did_not_set(tmp_path, monkeypatch):
     monkeypatch.setenv(settings.HOME_ENV, str(tmp_path))
     monkeypatch.setenv("CART_RECOVERY_TEST_SET_IN_SHELL", "from-shell")
     for name in ("AIRFLOW_CONN_SHOP_X", "CART_RECOVERY_TEST_FROM_DOTENV"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that monkeypatch removes what the .env sets even if an assert fails
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
     loaded = cli.load_dotenv_file()
 
     assert sorted(loaded) == ["AIRFLOW_CONN_SHOP_X", "CART_RECOVERY_TEST_FROM_DOTENV"]
     assert os.environ["AIRFLOW_CONN_SHOP_X"] == '{"conn_type": "http", "password": "tok"}'
     assert os.environ["CART_RECOVERY_TEST_SET_IN_SHELL"] == "from-shell"  # the shell wins
-    for name in loaded:
-        monkeypatch.delenv(name)
 
 
 def test_no_dotenv_is_fine(tmp_path, monkeypatch):
@@ -35,9 +35,11 @@ def test_no_dotenv_is_fine(tmp_path, monkeypatch):
     assert cli.load_dotenv_file() == []
 
 
-def test_every_command_uses_the_projects_airflow_home(monkeypatch, capsys):
+def test_every_command_uses_the_projects_airflow_home(tmp_path, monkeypatch, capsys):
     """Not Airflow's default ~/airflow: the webhook service read ~/airflow/airflow.cfg before."""
-    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path))  # not the checkout's own .env and .airflow
+    monkeypatch.setenv("AIRFLOW_HOME", "")
+    monkeypatch.delenv("AIRFLOW_HOME")
     monkeypatch.delenv(settings.AIRFLOW_HOME_ENV, raising=False)
 
     assert cli.main(["env"]) == 0

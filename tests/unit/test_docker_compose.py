@@ -28,7 +28,7 @@ from compose_interpolation import MissingRequiredValue, interpolate_config, pars
 from jsonschema.exceptions import best_match
 from sqlalchemy.engine import make_url
 
-from cart_recovery.cli import build_parser
+from cart_recovery.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -390,13 +390,12 @@ def _airflow_parse(argvs: list[list[str]], executor: str) -> list[list[str] | No
 def test_commands_exist(raw, filled_env):
     # Every service, with the celery scenario's environment (where all of them run).
     services = interpolate_config(raw, _scenario_env(filled_env, "celery"))["services"]
-    parser = build_parser()
     airflow_argvs: dict[str, list[str]] = {}
     for name, service in services.items():
         command = service.get("command")
         if command and command[0] == "cart-recovery":
             try:
-                args = parser.parse_args(command[1:])
+                args = parse_args(command[1:])  # as `cart-recovery` parses its command line
             except SystemExit:
                 pytest.fail(f"{name}: `cart-recovery` refuses {command[1:]}")
             if args.command == "airflow":
@@ -405,7 +404,7 @@ def test_commands_exist(raw, filled_env):
         if test[:1] == ["CMD-SHELL"] and test[1].startswith("airflow "):
             airflow_argvs[f"{name} health check"] = shlex.split(test[1])[1:]
     with pytest.raises(SystemExit):
-        parser.parse_args(["no-such-command"])  # the parser does refuse an unknown command
+        parse_args(["no-such-command"])  # the parser does refuse an unknown command
 
     assert services["airflow-init"]["command"] == ["cart-recovery", "init"]
     assert services["airflow-apiserver"]["command"][:3] == ["cart-recovery", "airflow", "api-server"]

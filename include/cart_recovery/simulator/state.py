@@ -28,6 +28,9 @@ class Knobs:
     fail_every: int = 0  # every Nth request answers 503
     token_ttl: int = 86_400  # Ideasoft access token lifetime, seconds
     ignore_paging: bool = False  # a broken server: every listing answers its first page
+    # Every page runs the query again, as a real API's offset paging does: a record changed while
+    # its listing is read moves to the end (and the records after it shift back by one).
+    live_listings: bool = False
 
 
 @dataclass
@@ -70,6 +73,8 @@ class SimulatorState:
         ``MAX_LISTINGS`` listings.
         """
         key = (*key, since, until, exclusive_since)
+        if self.knobs.live_listings:
+            return in_window(records(), updated, since, until, exclusive_since=exclusive_since)
         with self._lock:
             chosen = None if first_page else self._listings.get(key)
             if chosen is not None:

@@ -16,10 +16,15 @@
     landing_lookback_minutes, are read; a record's new best version replaces the stored one only
     when it is newer by the same ordering. So the cost follows what landed, not the history.
 
-    Columns: shop_id, record_id, record_updated_at, last_open_updated_at, landed_at, ingest_path
-    ('webhook' | 'poll'), payload. Used only by staging models.
+    `carry` = (SQL over `payload`, the staging column that stores it): an attribute that only some
+    versions have (Shopify's checkout token comes with webhooks, never with a poll). `carried` is
+    its value in the latest version that has one, so a newer version without it does not erase
+    it; incremental builds fall back to the stored column, so they agree with a full refresh.
+
+    Columns: shop_id, record_id, record_updated_at, last_open_updated_at, carried (with `carry`),
+    landed_at, ingest_path ('webhook' | 'poll'), payload. Used only by staging models.
 #}
-{% macro latest_raw_records(platform, entity, webhook_topics, record_id, updated_at, id_column, open_predicate=none) %}
+{% macro latest_raw_records(platform, entity, webhook_topics, record_id, updated_at, id_column, open_predicate=none, carry=none) %}
     {%- set open_expression = open_predicate if open_predicate else 'true' -%}
     {%- if is_incremental() %}
         {%- set landed_since = watermark_literal('max(landed_at)') -%}
@@ -33,6 +38,13 @@
         {%- else -%}
         best.new_last_open_updated_at
         {%- endif %} as last_open_updated_at,
+        {%- if carry %}
+        {% if is_incremental() -%}
+        coalesce(best.new_carried, stored.{{ carry[1] }})
+        {%- else -%}
+        best.new_carried
+        {%- endif %} as carried,
+        {%- endif %}
         best.landed_at,
         best.ingest_path,
         best.payload
@@ -45,6 +57,12 @@
             ) as version_rank,
             max(case when is_open then record_updated_at end)
                 over (partition by shop_id, record_id) as new_last_open_updated_at
+            {%- if carry %},
+            first_value(carried) over (
+                partition by shop_id, record_id
+                order by carried is null, record_updated_at desc nulls last, path_rank, landed_at desc
+            ) as new_carried
+            {%- endif %}
         from (
             {%- if webhook_topics %}
             select
@@ -55,6 +73,9 @@
                 'webhook' as ingest_path,
                 1 as path_rank,
                 coalesce(({{ open_expression }}), true) as is_open,
+                {%- if carry %}
+                ({{ carry[0] }}) as carried,
+                {%- endif %}
                 payload
             from {{ source('raw', 'webhook_events') }}
             where platform = '{{ platform }}'
@@ -75,6 +96,9 @@
                 'poll' as ingest_path,
                 2 as path_rank,
                 coalesce(({{ open_expression }}), true) as is_open,
+                {%- if carry %}
+                ({{ carry[0] }}) as carried,
+                {%- endif %}
                 payload
             from {{ source('raw', 'polled_records') }}
             where platform = '{{ platform }}'

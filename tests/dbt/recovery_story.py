@@ -49,6 +49,8 @@ MEMBER = pick_customer_id(TICIMAX, 7001, holdout=False)
 GIFTER = pick_customer_id(IDEASOFT, 9001, holdout=False)
 GUEST = guest_email(WOO)
 GUEST_ACCOUNT = 77
+# Lands a checkout by webhook (with its token) before AS_OF, then a newer polled version (no token).
+PATH_SWITCHER = pick_customer_id(SHOPIFY, 10001, holdout=False)
 
 
 def story() -> RawBatch:
@@ -272,6 +274,15 @@ def story() -> RawBatch:
         at("2026-12-20 10:10"),
         ideasoft_cart(402, mehmet, "100.00", at("2026-12-20 10:00"), at("2026-12-20 10:10"), ordered=True),
     )
+    # A checkout whose webhook carries the token; later_story() lands a newer polled version.
+    derya = shopify_customer(PATH_SWITCHER, "Derya", "derya@example.com", "+905337778899", True, True)
+    wh(
+        "shopify",
+        SHOPIFY,
+        "checkouts/create",
+        shopify_checkout(7010, derya, "1200.00", at("2026-12-26 09:00"), at("2026-12-26 09:00")),
+        at("2026-12-26 09:00"),
+    )
     return raw
 
 
@@ -344,5 +355,16 @@ def later_story() -> RawBatch:
             "date_modified_gmt": iso_gmt(at("2027-01-03 09:00")),
         },
         at("2027-01-03 09:00"),
+    )
+    # The same checkout, changed, polled: no token in a polled checkout (dbt_raw_rows.polled_shape).
+    derya = shopify_customer(PATH_SWITCHER, "Derya", "derya@example.com", "+905337778899", True, True)
+    raw.poll(
+        "shopify",
+        SHOPIFY,
+        "cart",
+        7010,
+        at("2026-12-29 09:00"),
+        shopify_checkout(7010, derya, "1300.00", at("2026-12-26 09:00"), at("2026-12-29 09:00")),
+        fetched_at=landed,
     )
     return raw

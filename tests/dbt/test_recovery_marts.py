@@ -55,20 +55,35 @@ def test_webhook_and_polled_copies_of_a_cart_land_once(built):
         """
         select source_cart_id, email, phone, cart_value, abandoned_at from marts.abandoned_carts
         where cart_key in (%s, %s)""",
-        (cart_key(SHOPIFY, "shopify", "c7001token"), cart_key(WOO, "woocommerce", "601")),
+        (cart_key(SHOPIFY, "shopify", "7001"), cart_key(WOO, "woocommerce", "601")),
     )
     by_id = {row[0]: row for row in rows}
     assert len(rows) == 2
-    assert by_id["c7001token"][1:4] == ("ayse@example.com", "+905321234567", 900)
-    assert by_id["c7001token"][4] == at("2026-12-10 10:10")  # last update 09:40 + 30 minutes
+    assert by_id["7001"][1:4] == ("ayse@example.com", "+905321234567", 900)
+    assert by_id["7001"][4] == at("2026-12-10 10:10")  # last update 09:40 + 30 minutes
     assert by_id["601"][3] == 25  # the newer webhook version wins over the older poll
     assert (
         query(built, "select count(*) from marts.abandoned_carts group by cart_key having count(*) > 1") == []
     )
 
 
+def test_a_shopify_checkout_is_keyed_on_its_id_and_keeps_its_token(built):
+    """The webhook versions carry the token, the polled one (same time) does not: one cart,
+    keyed on the checkout id, with the token kept as an attribute."""
+    rows = query(
+        built,
+        "select cart_key, checkout_token from marts.abandoned_carts "
+        "where shop_id = %s and source_cart_id = %s",
+        (SHOPIFY, "7001"),
+    )
+    assert rows == [(cart_key(SHOPIFY, "shopify", "7001"), "c7001token")]
+    assert query(built, "select count(*) from marts.recovery_plan where cart_key = %s", (rows[0][0],)) == [
+        (3,)
+    ]
+
+
 def test_first_time_customer_is_reminded_without_coupons(built):
-    rows = plan(built, SHOPIFY, "shopify", "c7001token")
+    rows = plan(built, SHOPIFY, "shopify", "7001")
     assert [row[0] for row in rows] == [1, 2, 3]
     assert reasons(rows) == [None, None, None]
     assert {(row[1], row[3], row[4], row[7]) for row in rows} == {("whatsapp", 0, False, None)}
@@ -76,13 +91,13 @@ def test_first_time_customer_is_reminded_without_coupons(built):
     flags = query(
         built,
         "select is_first_time, is_near_free_shipping from marts.abandoned_carts where cart_key = %s",
-        (cart_key(SHOPIFY, "shopify", "c7001token"),),
+        (cart_key(SHOPIFY, "shopify", "7001"),),
     )
     assert flags == [(True, True)]
 
 
 def test_repeat_abandoner_gets_coupons_once_per_30_days(built):
-    offered = plan(built, SHOPIFY, "shopify", "c7003token")
+    offered = plan(built, SHOPIFY, "shopify", "7003")
     assert reasons(offered) == [None, None, None]
     assert [(row[1], row[3], row[4]) for row in offered] == [
         ("email", 0, False),
@@ -90,7 +105,7 @@ def test_repeat_abandoner_gets_coupons_once_per_30_days(built):
         ("email", 10, True),
     ]
     assert offered[1][7] == offered[1][6] + timedelta(hours=48)
-    capped = plan(built, SHOPIFY, "shopify", "c7004token")  # ten days after the last offer
+    capped = plan(built, SHOPIFY, "shopify", "7004")  # ten days after the last offer
     assert reasons(capped) == [None, "coupon_cap", "coupon_cap"]
     assert [row[3] for row in capped] == [0, 0, 0]
 
@@ -106,17 +121,17 @@ def test_holdout_customer_is_never_planned_to_send(built):
 
 
 def test_cart_completed_by_a_later_order_is_suppressed(built):
-    rows = plan(built, SHOPIFY, "shopify", "c7005token")
+    rows = plan(built, SHOPIFY, "shopify", "7005")
     assert reasons(rows) == [None, "completed", "completed"]
     assert query(
         built,
         "select is_completed, completed_at from marts.abandoned_carts where cart_key = %s",
-        (cart_key(SHOPIFY, "shopify", "c7005token"),),
+        (cart_key(SHOPIFY, "shopify", "7005"),),
     ) == [(True, at("2026-12-12 10:00"))]
 
 
 def test_pre_sale_holds_back_coupon_stages(built):
-    assert reasons(plan(built, SHOPIFY, "shopify", "c7006token")) == [
+    assert reasons(plan(built, SHOPIFY, "shopify", "7006")) == [
         None,
         "pre_sale_no_coupon",
         "pre_sale_no_coupon",
@@ -124,12 +139,12 @@ def test_pre_sale_holds_back_coupon_stages(built):
 
 
 def test_newer_cart_supersedes_the_remaining_stages(built):
-    assert reasons(plan(built, SHOPIFY, "shopify", "c7007token")) == [
+    assert reasons(plan(built, SHOPIFY, "shopify", "7007")) == [
         None,
         "superseded_by_newer_cart",
         "superseded_by_newer_cart",
     ]
-    assert reasons(plan(built, SHOPIFY, "shopify", "c7008token")) == [None, None, None]
+    assert reasons(plan(built, SHOPIFY, "shopify", "7008")) == [None, None, None]
 
 
 def test_gift_deadline_halves_the_delays(built):

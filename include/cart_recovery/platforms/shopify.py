@@ -153,6 +153,8 @@ def rest_order(node: dict) -> dict:
         "email": node.get("email"),
         "phone": node.get("phone"),
         "customer": {"id": customer_id} if customer_id else None,
+        # The orders query does not read the checkout: only webhooks link an order to its checkout.
+        "checkout_id": None,
         "checkout_token": None,
         "cart_token": None,
         "total_price": total,

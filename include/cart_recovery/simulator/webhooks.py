@@ -45,6 +45,7 @@ def _shopify_order(order: Order) -> dict:
         "email": order.email,
         "phone": order.phone,
         "customer": {"id": order.customer.id, "email": order.customer.email} if order.customer else None,
+        "checkout_id": order.cart.id if order.cart else None,
         "checkout_token": order.cart.token if order.cart else None,
         "cart_token": order.cart.token[::-1] if order.cart else None,
         "total_price": str(order.total),

@@ -107,6 +107,7 @@ carts_with_contacts as (
         carts.shop_id,
         carts.platform,
         carts.source_cart_id,
+        carts.checkout_token,
         carts.cart_token,
         carts.resolved_customer_id as customer_platform_id,
         coalesce(carts.email, customer_records.email) as email,
@@ -188,7 +189,19 @@ order_completions as (
         from carts_keyed as carts
         inner join {{ ref('int_orders_resolved') }} as orders
             on orders.shop_id = carts.shop_id
-            and orders.checkout_token in (carts.source_cart_id, carts.cart_token)
+            and orders.checkout_token in (carts.source_cart_id, carts.checkout_token, carts.cart_token)
+            and orders.ordered_at >= carts.created_at
+            and orders.is_placed
+
+        union all
+
+        -- A Shopify order names the checkout it came from by id, whichever path landed either.
+        select carts.cart_key, orders.ordered_at
+        from carts_keyed as carts
+        inner join {{ ref('int_orders_resolved') }} as orders
+            on orders.shop_id = carts.shop_id
+            and orders.platform = carts.platform
+            and orders.source_cart_id = carts.source_cart_id
             and orders.ordered_at >= carts.created_at
             and orders.is_placed
     ) as completing_orders

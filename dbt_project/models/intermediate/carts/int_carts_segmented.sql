@@ -261,6 +261,7 @@ final as (
         carts.shop_id,
         carts.platform,
         carts.source_cart_id,
+        carts.checkout_token,
         carts.customer_platform_id,
 
         -- strings

@@ -15,6 +15,11 @@ with
         shop_id,
         '{{ platform }}' as platform,
         source_cart_id,
+        {%- if platform == 'shopify' %}
+        checkout_token,
+        {%- else %}
+        null::text as checkout_token,
+        {%- endif %}
         cart_token,
         customer_platform_id,
         email,

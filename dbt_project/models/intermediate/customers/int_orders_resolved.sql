@@ -49,6 +49,7 @@ final as (
         platform,
         source_order_id,
         resolved_customer_id as customer_platform_id,
+        source_cart_id,
         checkout_token,
 
         -- strings

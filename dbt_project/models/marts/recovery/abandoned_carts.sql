@@ -37,6 +37,7 @@ final as (
         -- ids
         cart_key,
         source_cart_id,
+        checkout_token,
         shop_id,
         platform,
         customer_key,

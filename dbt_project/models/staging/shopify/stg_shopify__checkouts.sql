@@ -23,6 +23,7 @@ with checkouts as (
         updated_at="(payload->>'updated_at')::timestamptz",
         id_column='checkout_id',
         open_predicate="payload->>'completed_at' is null",
+        carry=("nullif(payload->>'token', '')", 'checkout_token'),
     ) }}
 
 ),
@@ -33,7 +34,10 @@ final as (
         -- ids
         shop_id,
         record_id as checkout_id,
-        coalesce(nullif(payload->>'token', ''), record_id) as source_cart_id,
+        -- The checkout id keys the cart: every version has it. The token only comes with
+        -- webhooks (a polled checkout has none): kept from the latest version that had one.
+        record_id as source_cart_id,
+        carried as checkout_token,
         nullif(payload->>'cart_token', '') as cart_token,
         nullif(payload #>> '{customer,id}', '') as customer_platform_id,
 

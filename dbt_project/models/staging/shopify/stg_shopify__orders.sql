@@ -29,6 +29,7 @@ final as (
         shop_id,
         record_id as source_order_id,
         nullif(payload #>> '{customer,id}', '') as customer_platform_id,
+        nullif(payload->>'checkout_id', '') as source_cart_id,
         nullif(payload->>'checkout_token', '') as checkout_token,
         nullif(payload->>'cart_token', '') as cart_token,
 

@@ -29,6 +29,7 @@ final as (
         shop_id,
         record_id as source_order_id,
         nullif(nullif(payload->>'UyeID', ''), '0') as customer_platform_id,
+        null::text as source_cart_id,
         null::text as checkout_token,
         null::text as cart_token,
 

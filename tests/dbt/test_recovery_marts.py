@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import psycopg2
 import pytest
+import yaml
 from dbt_raw_rows import DBT_PROJECT, at, cart_key, customer_key, dbt_env, query, run_dbt
 from recovery_story import AS_OF, HELD_OUT, IDEASOFT, REPEATER, SHOPIFY, TICIMAX, WOO, story
 
@@ -212,3 +213,33 @@ def test_as_of_from_the_environment_and_a_clear_error_when_malformed(built):
     assert bad.returncode != 0
     assert "CART_RECOVERY_AS_OF must be an ISO 8601 timestamp with a UTC offset" in bad.stdout
     assert "got 'yesterday'" in bad.stdout
+
+
+CONTRACT_MARTS = ("abandoned_carts", "recovery_plan", "customers")
+
+
+def test_the_marts_dispatch_and_the_report_read_have_enforced_contracts(built):
+    """Names and types are declared, enforced by dbt at build time, and what was built."""
+    models_yml = DBT_PROJECT / "models" / "marts" / "recovery" / "_recovery__models.yml"
+    models = yaml.safe_load(models_yml.read_text())
+    declared = {model["name"]: model for model in models["models"] if model["name"] in CONTRACT_MARTS}
+    assert set(declared) == set(CONTRACT_MARTS)
+    built_types = query(
+        built,
+        """
+        select table_name, column_name,
+            case
+                when data_type = 'numeric' and numeric_precision is not null
+                    then format('numeric(%%s,%%s)', numeric_precision, numeric_scale)
+                when data_type = 'timestamp with time zone' then 'timestamptz'
+                else data_type
+            end
+        from information_schema.columns
+        where table_schema = 'marts' and table_name in %s
+        order by table_name, ordinal_position""",
+        (CONTRACT_MARTS,),
+    )
+    for name, model in declared.items():
+        assert model["config"]["contract"] == {"enforced": True}, name
+        columns = [(column["name"], column["data_type"]) for column in model["columns"]]
+        assert columns == [(column, kind) for table, column, kind in built_types if table == name], name

@@ -7,27 +7,11 @@ order that completes a cart, new carts, a guest who registers) and an incrementa
 
 from __future__ import annotations
 
-import psycopg2
 import pytest
 from dbt_raw_rows import cart_key, customer_key, query, run_dbt
-from recovery_story import AS_OF, AS_OF_LATER, GUEST_ACCOUNT, SHOPIFY, TICIMAX, WOO, later_story, story
+from recovery_story import AS_OF_LATER, GUEST_ACCOUNT, SHOPIFY, TICIMAX, WOO, later_story
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def database(module_database):
-    """A warehouse of this module's own: it builds, adds rows and rebuilds."""
-    return module_database
-
-
-@pytest.fixture(scope="module")
-def built(database) -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(database.url)
-    story().write(conn)
-    run_dbt("build", "--full-refresh", as_of=AS_OF)
-    yield conn
-    conn.close()
 
 
 MART_TABLES = ("abandoned_carts", "recovery_plan", "customers")

@@ -11,28 +11,12 @@ from __future__ import annotations
 import subprocess
 from datetime import timedelta
 
-import psycopg2
 import pytest
 import yaml
-from dbt_raw_rows import DBT_PROJECT, at, cart_key, customer_key, dbt_env, query, run_dbt
-from recovery_story import AS_OF, HELD_OUT, IDEASOFT, REPEATER, SHOPIFY, TICIMAX, WOO, story
+from dbt_raw_rows import DBT_PROJECT, at, cart_key, customer_key, dbt_env, query
+from recovery_story import HELD_OUT, IDEASOFT, REPEATER, SHOPIFY, TICIMAX, WOO
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def database(module_database):
-    """A warehouse of this module's own: the build replaces the raw rows and the dbt schemas."""
-    return module_database
-
-
-@pytest.fixture(scope="module")
-def built(database) -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(database.url)
-    story().write(conn)
-    run_dbt("build", "--full-refresh", as_of=AS_OF)
-    yield conn
-    conn.close()
 
 
 def plan(conn, shop_id: str, platform: str, source_cart_id: str) -> list[tuple]:

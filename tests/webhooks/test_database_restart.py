@@ -54,14 +54,22 @@ def test_restart_during_burst(shops, throwaway_server):
             answers[delivery_id] = answer.status_code
             i += 1
 
+    def wait_for(code: int, after: int, what: str) -> None:
+        """Until the burst got ``code`` for a request sent after the first ``after`` ones: waiting
+        for the event, not for a fixed time, so a loaded machine does not change the outcome."""
+        deadline = time.monotonic() + 60
+        while code not in list(answers.values())[after:]:
+            assert sender.is_alive() and time.monotonic() < deadline, f"no {code} {what} within 60 s"
+            time.sleep(0.05)
+
     with TestClient(create_app(config)) as client:
         sender = threading.Thread(target=burst, args=(client,))
         sender.start()
-        time.sleep(0.5)
+        wait_for(200, 0, "before the outage")
         throwaway_server.stop()
-        time.sleep(0.5)
+        wait_for(503, len(answers), "while the database was down")
         throwaway_server.start()
-        time.sleep(1.0)
+        wait_for(200, len(answers), "after the database came back")
         stop.set()
         sender.join(timeout=30)
 

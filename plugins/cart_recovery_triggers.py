@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,85 @@ class WebhookEventsTrigger(BaseEventTrigger):
                 last_fired, received_at = found
                 yield TriggerEvent({"event_id": last_fired, "received_at": received_at.isoformat()})
             await asyncio.sleep(self.poll_interval)
+
+
+class DuePlanTrigger(BaseTrigger):
+    """Waits, without a worker slot, until rows of one recovery stage fall due.
+
+    It asks the warehouse for the stage's next due moment (``cart_recovery.dispatch.schedule``)
+    and sleeps until then, but never longer than ``poll_interval``, so a new plan (a
+    ``cart_transform`` build) with an earlier row is seen within that interval. It fires
+    ``{"status": "due", "now": ...}`` when something is due, or ``{"status": "idle"}`` once
+    ``timeout`` seconds passed with nothing due. With ``as_of`` (a replay) it checks once, at
+    that moment, and answers at once.
+    """
+
+    def __init__(
+        self,
+        stage: int,
+        conn_id: str = "cart_recovery_warehouse",
+        poll_interval: float = 10.0,
+        timeout: float = 3600.0,
+        lookback_seconds: float = 7 * 24 * 3600.0,
+        as_of: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.conn_id = conn_id
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.lookback_seconds = lookback_seconds
+        self.as_of = as_of
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "cart_recovery_triggers.DuePlanTrigger",
+            {
+                "stage": self.stage,
+                "conn_id": self.conn_id,
+                "poll_interval": self.poll_interval,
+                "timeout": self.timeout,
+                "lookback_seconds": self.lookback_seconds,
+                "as_of": self.as_of,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from datetime import UTC, datetime, timedelta
+
+        from cart_recovery.connections import get_connection
+        from cart_recovery.dispatch.schedule import next_due
+
+        lookback = timedelta(seconds=self.lookback_seconds)
+        started = datetime.now(UTC)  # the trigger is the dispatcher's clock
+        conn_url: str | None = None
+        while True:
+            now = datetime.fromisoformat(self.as_of) if self.as_of else datetime.now(UTC)
+            due: datetime | None = None
+            try:
+                if conn_url is None:
+                    conn_url = (
+                        get_connection(self.conn_id).get_uri().replace("postgres://", "postgresql://", 1)
+                    )
+                due = await next_due(conn_url, self.stage, now, lookback)
+            except Exception as exc:  # a restarting warehouse must not fail the wait
+                log.warning("stage %s: %s; trying again in %s s", self.stage, exc, self.poll_interval)
+            if due is not None and due <= now:
+                yield TriggerEvent(
+                    {"status": "due", "stage": self.stage, "now": now.isoformat(), "due_at": due.isoformat()}
+                )
+                return
+            if self.as_of or (now - started).total_seconds() >= self.timeout:
+                yield TriggerEvent(
+                    {
+                        "status": "idle",
+                        "stage": self.stage,
+                        "now": now.isoformat(),
+                        "next_due_at": due.isoformat() if due else None,
+                    }
+                )
+                return
+            wait = self.poll_interval
+            if due is not None:
+                wait = min(wait, max((due - now).total_seconds(), 0.0))
+            await asyncio.sleep(max(wait, 0.05))

@@ -40,6 +40,12 @@ class Shop(BaseModel):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     language: str = Field(pattern=r"^[a-z]{2}$")
     conn_id: str
+    name: str | None = Field(default=None, description="The name customers know, used in messages.")
+
+    @property
+    def display_name(self) -> str:
+        """``name``, else the id in words (``anatolia-shopify`` -> ``Anatolia Shopify``)."""
+        return self.name or self.id.replace("-", " ").replace("_", " ").title()
 
     @field_validator("timezone")
     @classmethod

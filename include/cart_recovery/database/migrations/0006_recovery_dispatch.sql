@@ -19,6 +19,7 @@ create table if not exists ops.recovery_outbox (
     template            text,
     language            text,
     status              text        not null default 'queued',
+    reason              text,                       -- why it was suppressed, deferred or expired
     planned_due_at      timestamptz not null,       -- the plan's due time
     due_at              timestamptz not null,       -- when it may go: later when deferred
     attempts            integer     not null default 0,
@@ -58,10 +59,11 @@ create index if not exists recovery_outbox_queued_idx
     on ops.recovery_outbox (stage, due_at) where status = 'queued';
 create index if not exists recovery_outbox_sending_idx
     on ops.recovery_outbox (claimed_at) where status = 'sending';
-create index if not exists recovery_outbox_recipient_idx
-    on ops.recovery_outbox (recipient, sent_at) where sent_at is not null;
-create index if not exists recovery_outbox_customer_idx
-    on ops.recovery_outbox (customer_key, sent_at) where sent_at is not null;
+-- the frequency cap: what was (or may have been) sent to a person
+create index if not exists recovery_outbox_contacted_customer_idx on ops.recovery_outbox (customer_key)
+    where status in ('sending', 'sent', 'delivered', 'read', 'unknown');
+create index if not exists recovery_outbox_contacted_recipient_idx on ops.recovery_outbox (recipient)
+    where status in ('sending', 'sent', 'delivered', 'read', 'unknown');
 create index if not exists recovery_outbox_cart_idx on ops.recovery_outbox (cart_key);
 
 -- Consent taken back, applied at send time whatever the last dbt build says: a WhatsApp STOP

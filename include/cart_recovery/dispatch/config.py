@@ -1,0 +1,81 @@
+"""The dispatcher's settings: defaults that suit a shop, each overridable by an environment variable.
+
+| env (CART_RECOVERY_...) | default |
+|---|---|
+| EXPIRE_AFTER_HOURS | 6: later than this past its due time, a row is `expired`, not sent |
+| FREQUENCY_CAP_HOURS | 16: one message per person per window (one episode's stages exempt) |
+| REPLY_QUIET_HOURS | 12: an episode pauses until the person's conversation is this quiet |
+| QUIET_HOURS | 21:00-09:00 in the customer's time zone (or `off`): deferred, never dropped |
+| SHOPIFY_RECOVERY_MINUTES | 10: Shopify's recovery URL works this long after abandonment |
+| COUPON_HOURS | 48: coupon validity, and always before the next sale (the plan's cap) |
+| SENDING_LEASE_MINUTES | 10: a row still `sending` after this becomes `unknown` |
+| DISPATCH_LOOKBACK_DAYS | 7: older due plan rows are left alone |
+| DISPATCH_CHUNK | 200 rows claimed per transaction |
+| DISPATCH_MAX_ATTEMPTS | 5 refusals before the provider (429/5xx), then `failed` |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+
+from cart_recovery.errors import ConfigurationError
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigurationError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
+def _quiet_hours(raw: str) -> tuple[time, time] | None:
+    """``"21:00-09:00"`` -> (21:00, 09:00); ``"off"`` -> None."""
+    if raw.strip().lower() in ("off", "none", ""):
+        return None
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", raw)
+    if not match:
+        raise ConfigurationError(f"CART_RECOVERY_QUIET_HOURS must look like 21:00-09:00 or off, got {raw!r}")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    try:
+        return time(h1, m1), time(h2, m2)
+    except ValueError as exc:
+        raise ConfigurationError(f"CART_RECOVERY_QUIET_HOURS {raw!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    expire_after: timedelta = timedelta(hours=6)
+    frequency_cap: timedelta = timedelta(hours=16)
+    reply_quiet: timedelta = timedelta(hours=12)
+    quiet_hours: tuple[time, time] | None = (time(21, 0), time(9, 0))
+    shopify_recovery_delay: timedelta = timedelta(minutes=10)
+    coupon_validity: timedelta = timedelta(hours=48)
+    lease: timedelta = timedelta(minutes=10)
+    lookback: timedelta = timedelta(days=7)
+    chunk_size: int = 200
+    max_attempts: int = 5
+    retry_delay: timedelta = field(default=timedelta(minutes=1))
+
+    @classmethod
+    def from_env(cls) -> DispatchSettings:
+        return cls(
+            expire_after=timedelta(hours=_number("CART_RECOVERY_EXPIRE_AFTER_HOURS", 6)),
+            frequency_cap=timedelta(hours=_number("CART_RECOVERY_FREQUENCY_CAP_HOURS", 16)),
+            reply_quiet=timedelta(hours=_number("CART_RECOVERY_REPLY_QUIET_HOURS", 12)),
+            quiet_hours=_quiet_hours(os.environ.get("CART_RECOVERY_QUIET_HOURS", "21:00-09:00")),
+            shopify_recovery_delay=timedelta(minutes=_number("CART_RECOVERY_SHOPIFY_RECOVERY_MINUTES", 10)),
+            coupon_validity=timedelta(hours=_number("CART_RECOVERY_COUPON_HOURS", 48)),
+            lease=timedelta(minutes=_number("CART_RECOVERY_SENDING_LEASE_MINUTES", 10)),
+            lookback=timedelta(days=_number("CART_RECOVERY_DISPATCH_LOOKBACK_DAYS", 7)),
+            chunk_size=max(1, int(_number("CART_RECOVERY_DISPATCH_CHUNK", 200))),
+            max_attempts=max(1, int(_number("CART_RECOVERY_DISPATCH_MAX_ATTEMPTS", 5))),
+        )

@@ -1,0 +1,402 @@
+"""One stage's due batch: into the outbox, through the guards, coupons and channels, recorded.
+
+``dispatch_due(stage, now)`` is what a stage DAG's send task runs. It
+
+1. turns rows left ``sending`` past their lease into ``unknown`` (a dispatcher died mid-send);
+2. inserts the stage's plan rows that fell due by ``now`` into the outbox;
+3. claims them a chunk at a time (``outbox.claim``: guards checked, verdicts committed), and for
+   each row it claimed creates the coupon, renders the message, sends it and records the answer.
+
+``now`` is the run's moment (the trigger's clock or the run's time), never the wall clock; the
+timestamps written while a batch is sending advance from it with a monotonic clock, so a replay
+or a simulated week writes the times it stands for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg2
+from psycopg2.extras import RealDictCursor
+
+from cart_recovery.dispatch import outbox
+from cart_recovery.dispatch.config import DispatchSettings
+from cart_recovery.dispatch.message import Coupon, MessageContext, Outcome, SendResult
+
+log = logging.getLogger(__name__)
+
+# How many sends of one chunk are in flight at once; the WhatsApp client's rate limiter decides
+# the pace, this only bounds open connections.
+CONCURRENCY = 64
+
+
+class Clock:
+    """The run's moment, advancing with a monotonic clock while the batch runs."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self._t0 = time.monotonic()
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self._t0)
+
+
+@dataclass
+class Summary:
+    """What one run did, by outcome and reason: the task's XCom and the line in its log."""
+
+    stage: int
+    now: str
+    leases_expired: int = 0
+    enqueued: int = 0
+    claimed: int = 0
+    counts: Counter = field(default_factory=Counter)  # outcome -> n
+    reasons: Counter = field(default_factory=Counter)  # "<outcome>:<reason>" -> n
+
+    def add(self, outcome: str, reason: str | None = None) -> None:
+        self.counts[outcome] += 1
+        if reason:
+            self.reasons[f"{outcome}:{reason}"] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "now": self.now,
+            "leases_expired": self.leases_expired,
+            "enqueued": self.enqueued,
+            "claimed": self.claimed,
+            "counts": dict(sorted(self.counts.items())),
+            "reasons": dict(sorted(self.reasons.items())),
+        }
+
+
+@dataclass
+class Channels:
+    """The senders a batch uses; built from the Airflow connections unless a test passes its own."""
+
+    whatsapp: Any = None  # cart_recovery.dispatch.whatsapp.WhatsAppClient
+    email: Any = None  # cart_recovery.dispatch.email.EmailSender
+    coupons: Callable[[str], Any] | None = None  # shop_id -> CouponIssuer
+
+
+def dispatch_due(
+    stage: int,
+    now: datetime,
+    *,
+    database_url: str,
+    claimer: str,
+    settings: DispatchSettings | None = None,
+    channels: Channels | None = None,
+    shops: Mapping[str, Any] | None = None,
+) -> Summary:
+    """Send the stage's due messages as of ``now``; returns what happened, by outcome."""
+    settings = settings or DispatchSettings.from_env()
+    summary = Summary(stage=stage, now=now.isoformat())
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn, conn.cursor() as cursor:
+            summary.leases_expired = outbox.expire_leases(cursor, now, settings)
+            summary.enqueued = outbox.enqueue_due(cursor, stage, now, settings)
+        no_coupon_templates = _no_coupon_templates(conn, stage)
+        asyncio.run(_run(conn, stage, now, settings, claimer, summary, channels, shops, no_coupon_templates))
+    finally:
+        conn.close()
+    log.info("stage %s as of %s: %s", stage, now.isoformat(), summary.as_dict())
+    return summary
+
+
+async def _run(conn, stage, now, settings, claimer, summary, channels, shops, no_coupon_templates) -> None:
+    clock = Clock(now)
+    channels = channels or _channels_from_connections()
+    shops = shops if shops is not None else _shops()
+    contacted: dict[str, datetime] = {}
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    try:
+        while True:
+            claimed, decided = outbox.claim(conn, stage, now, settings, claimer, contacted)
+            if not decided:
+                break
+            summary.claimed += len(claimed)
+            for _facts, verdict in decided:
+                if verdict.action != "send":
+                    summary.add(
+                        {
+                            "suppress": "suppressed",
+                            "defer": "deferred",
+                            "holdout": "holdout",
+                            "expire": "expired",
+                        }[verdict.action],
+                        verdict.reason,
+                    )
+
+            async def one(row: outbox.Claimed) -> outbox.Result:
+                async with semaphore:
+                    return await _send(row, clock, settings, channels, shops, no_coupon_templates)
+
+            results = await asyncio.gather(*(one(row) for row in claimed))
+            outbox.record(conn, claimer, results)
+            _apply_revocations(conn, results, clock.now())
+            for result in results:
+                summary.add(result.status, result.reason)
+    finally:
+        await _close(channels)
+
+
+async def _send(
+    row: outbox.Claimed,
+    clock: Clock,
+    settings: DispatchSettings,
+    channels: Channels,
+    shops: Mapping[str, Any],
+    no_coupon_templates: Mapping[str, str],
+) -> outbox.Result:
+    """Coupon, render, send one claimed row; the Result to record. Never raises."""
+    facts, verdict = row.facts, row.verdict
+    channel = verdict.channel
+    recipient = facts["phone"] if channel == "whatsapp" else facts["email"]
+    notes: dict[str, str] = {}
+    try:
+        shop = shops.get(facts["shop_id"])
+        coupon = await _coupon(facts, shop, clock, settings, channels, notes)
+        template = facts["template"]
+        if coupon is None and _offers_coupon(facts):
+            template = no_coupon_templates.get(facts["language"] or "en", template)
+        context = _context(facts, shop, template, coupon, channel)
+    except Exception as exc:  # nothing was sent: a clear failure, not a retry loop
+        log.exception("plan row %s could not be prepared", row.plan_key)
+        return outbox.Result(
+            row.plan_key,
+            "failed",
+            channel,
+            recipient,
+            clock.now(),
+            reason="not_prepared",
+            error=f"{type(exc).__name__}: {exc}",
+            guards=notes,
+        )
+
+    if channel == "whatsapp":
+        sent = await _send_whatsapp(context, recipient, channels)
+        if sent[0].outcome is Outcome.FALLBACK:
+            notes["whatsapp"] = f"fallback:{sent[0].error_code}"
+            if facts["email"] and facts["email_consent"] and not facts["email_revoked"]:
+                channel, recipient = "email", facts["email"]
+                context = _context(facts, shop, template, coupon, channel)
+                sent = await _send_email(context, recipient, channels)
+            else:
+                return _result(
+                    row,
+                    sent,
+                    channel,
+                    recipient,
+                    clock,
+                    coupon,
+                    notes,
+                    status="suppressed",
+                    reason="whatsapp_unreachable",
+                )
+    else:
+        sent = await _send_email(context, recipient, channels)
+    return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings)
+
+
+def _result(row, sent, channel, recipient, clock, coupon, notes, *, settings=None, status=None, reason=None):
+    result, template, text = sent
+    at = clock.now()
+    due_at = None
+    if status is None:
+        status, reason, due_at = _status_of(result, row, at, settings)
+    return outbox.Result(
+        plan_key=row.plan_key,
+        status=status,
+        reason=reason,
+        channel=channel,
+        recipient=recipient,
+        at=at,
+        template=template,
+        due_at=due_at,
+        provider_message_id=result.provider_message_id if result.outcome is Outcome.SENT else None,
+        provider_response=result.response,
+        rendered_text=text,
+        coupon_code=coupon.code if coupon else None,
+        coupon_pct=coupon.pct if coupon else None,
+        coupon_free_shipping=coupon.free_shipping if coupon else None,
+        coupon_expires_at=coupon.expires_at if coupon else None,
+        error_code=result.error_code,
+        error=result.error,
+        guards=notes or None,
+    )
+
+
+def _status_of(result: SendResult, row: outbox.Claimed, at: datetime, settings: DispatchSettings):
+    """Outbox status, reason and new due time for a provider's answer."""
+    outcome = result.outcome
+    if outcome is Outcome.SENT:
+        return "sent", None, None
+    if outcome is Outcome.UNKNOWN:
+        return "unknown", "no_answer", None
+    if outcome is Outcome.STOP:
+        return "suppressed", "stop_promotions", None
+    if outcome is Outcome.DEFER:
+        return "queued", "pair_rate_limited", at + settings.retry_delay
+    if outcome is Outcome.RETRY:
+        attempts = int(row.facts.get("attempts") or 0) + 1
+        if attempts >= settings.max_attempts:
+            return "failed", "provider_unavailable", None
+        return "queued", "provider_retry", at + settings.retry_delay * attempts
+    return "failed", "rejected", None
+
+
+async def _send_whatsapp(context: MessageContext, recipient: str, channels: Channels):
+    from cart_recovery.dispatch.templates import render_whatsapp
+
+    message = render_whatsapp(context)
+    try:
+        result = await channels.whatsapp.send_template(
+            recipient, message.template, message.language, message.parameters, context.plan_key
+        )
+    except Exception as exc:  # the request may have gone out: never re-sent automatically
+        log.exception("WhatsApp send of %s ended without an answer", context.plan_key)
+        result = SendResult(Outcome.UNKNOWN, error=f"{type(exc).__name__}: {exc}")
+    return result, message.template, message.text
+
+
+async def _send_email(context: MessageContext, recipient: str, channels: Channels):
+    from cart_recovery.dispatch.templates import render_email
+
+    content = render_email(context)
+    headers = {}
+    if context.unsubscribe_link:
+        headers = {
+            "List-Unsubscribe": f"<{context.unsubscribe_link}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+    try:
+        result = await asyncio.to_thread(channels.email.send, recipient, content, headers)
+    except Exception as exc:
+        log.exception("email send of %s ended without an answer", context.plan_key)
+        result = SendResult(Outcome.UNKNOWN, error=f"{type(exc).__name__}: {exc}")
+    return result, context.template, content.text
+
+
+def _offers_coupon(facts: Mapping[str, Any]) -> bool:
+    return bool((facts["coupon_pct"] or 0) > 0 or facts["free_shipping"])
+
+
+async def _coupon(facts, shop, clock, settings, channels, notes) -> Coupon | None:
+    """The row's coupon, created now through the shop; None (noted) when it cannot be."""
+    if not _offers_coupon(facts):
+        return None
+    now = clock.now()
+    expires_at = now + settings.coupon_validity
+    planned = facts["coupon_expires_at"]
+    if planned is not None and planned - facts["plan_due_at"] < settings.coupon_validity:
+        expires_at = min(expires_at, planned)  # the plan capped it before the next sale
+    if expires_at <= now:
+        notes["coupon"] = "skipped: its validity ended before the send (next sale)"
+        return None
+    if shop is None or channels.coupons is None:
+        notes["coupon"] = f"failed: no coupon issuer for shop {facts['shop_id']}"
+        return None
+    try:
+        issuer = channels.coupons(facts["shop_id"])
+        return await issuer.create(
+            facts["plan_key"],
+            facts["email"],
+            Decimal(facts["coupon_pct"] or 0),
+            bool(facts["free_shipping"]),
+            expires_at,
+        )
+    except Exception as exc:  # sent without a coupon, recorded (the issue's rule)
+        log.warning("coupon for %s not created: %s", facts["plan_key"], exc)
+        notes["coupon"] = f"failed: {exc}"
+        return None
+
+
+def _context(facts, shop, template, coupon, channel) -> MessageContext:
+    from cart_recovery.dispatch import links
+
+    items = facts["line_items"] or []
+    main = max(
+        items, key=lambda item: float(item.get("price") or 0) * int(item.get("quantity") or 1), default={}
+    )
+    return MessageContext(
+        plan_key=facts["plan_key"],
+        cart_key=facts["cart_key"],
+        shop_id=facts["shop_id"],
+        shop_name=shop.display_name if shop is not None else facts["shop_id"],
+        platform=facts["platform"],
+        stage=facts["stage"],
+        template=template,
+        language=facts["language"] or "en",
+        timezone=facts["timezone"] or "UTC",
+        first_name=facts["first_name"],
+        product=str(main.get("title") or ""),
+        item_count=sum(int(item.get("quantity") or 1) for item in items),
+        cart_value=Decimal(facts["cart_value"] or 0),
+        currency=facts["currency"] or "",
+        cart_link=links.click_url(facts["plan_key"]),
+        unsubscribe_link=links.unsubscribe_url(facts["plan_key"]) if channel == "email" else None,
+        coupon=coupon,
+    )
+
+
+def _apply_revocations(conn, results: list[outbox.Result], at: datetime) -> None:
+    """Meta's 131050 ("stop promotions") takes back message consent at once."""
+    stops = [r for r in results if r.reason == "stop_promotions" and r.recipient]
+    if not stops:
+        return
+    from cart_recovery.dispatch import consent
+
+    with conn, conn.cursor() as cursor:
+        for result in stops:
+            consent.revoke(
+                cursor, "whatsapp", result.recipient, "whatsapp_131050", at, {"plan_key": result.plan_key}
+            )
+
+
+def _no_coupon_templates(conn, stage: int) -> dict[str, str]:
+    """The stage's templates without a coupon, per language (policy seed recovery_stages)."""
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
+        cursor.execute(
+            "select template_no_coupon_en, template_no_coupon_tr from policy.recovery_stages"
+            " where stage = %s",
+            (stage,),
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return {}
+    return {"en": row["template_no_coupon_en"], "tr": row["template_no_coupon_tr"]}
+
+
+def _shops() -> dict[str, Any]:
+    from cart_recovery.shops import load_shops
+
+    return {shop.id: shop for shop in load_shops()}
+
+
+def _channels_from_connections() -> Channels:
+    from cart_recovery.dispatch.coupons import issuer_for
+    from cart_recovery.dispatch.email import EmailSender
+    from cart_recovery.dispatch.whatsapp import WhatsAppClient
+
+    shops = _shops()
+    return Channels(
+        whatsapp=WhatsAppClient.from_connection(),
+        email=EmailSender.from_connection(),
+        coupons=lambda shop_id: issuer_for(shops[shop_id]),
+    )
+
+
+async def _close(channels: Channels) -> None:
+    close = getattr(channels.whatsapp, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,349 @@
+"""Send-time guards: what live data says about one due plan row, and what to do with it.
+
+The plan (dbt) decided at build time; by the time a stage falls due the person may have ordered,
+revoked consent, started a newer cart or replied. So every row is checked again at send time
+against live data: the raw layer (orders and carts that landed since the last build), the
+operational tables (consent revocations, open conversations, what was already sent) and the last
+build for what it already knew.
+
+``FACTS_SQL`` gathers the facts of a chunk of claimed rows in one query (set-based: a chunk of
+hundreds of rows costs a few scans, not one per row); ``evaluate`` turns one row's facts into a
+``Verdict``. Both take ``now`` from the caller: the run's clock, never the wall clock.
+
+Orders and carts that landed after the last build are matched on the person's contacts found
+anywhere in their payloads (an email, or the last ten digits of a phone number), because the
+platforms nest them differently and the raw layer is not parsed yet. This errs on the side of
+not sending: a raw order that mentions the person stops the episode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cart_recovery.dispatch.config import DispatchSettings
+
+# Webhook topics that carry orders and carts, per platform (as the dbt staging models read them).
+ORDER_TOPICS = (
+    "orders/create",
+    "orders/updated",
+    "orders/paid",
+    "order.created",
+    "order.updated",
+    "order/created",
+    "order/updated",
+)
+CART_TOPICS = (
+    "checkouts/create",
+    "checkouts/update",
+    "cart.created",
+    "cart.updated",
+    "abandoned_cart/created",
+    "abandoned_cart/updated",
+)
+# A row in one of these states counts as a message to the person (for the frequency cap and the
+# stage cap): it was sent, or it may have been.
+CONTACTED = ("sending", "sent", "delivered", "read", "unknown")
+# Raw rows this much older than the last build's newest landing time are re-checked too: the
+# webhook service and the poller stamp landing times on different hosts.
+FRESH_MARGIN = timedelta(minutes=5)
+# How long to hold a row whose cart saw activity since the last build: the next build re-plans it.
+REPLAN_WAIT = timedelta(minutes=5)
+
+FACTS_SQL = """
+with claimed as (
+    select outbox.plan_key, outbox.cart_key, outbox.stage, outbox.shop_id, outbox.platform,
+        outbox.due_at as outbox_due_at, outbox.planned_due_at, outbox.attempts
+    from ops.recovery_outbox as outbox
+    where outbox.plan_key = any(%(plan_keys)s)
+),
+
+facts as (
+    select
+        claimed.*,
+        plan.cart_key is not null as plan_present,
+        plan.customer_key,
+        plan.suppressed_reason as plan_suppressed_reason,
+        plan.due_at as plan_due_at,
+        plan.channel as plan_channel,
+        plan.template,
+        plan.language,
+        plan.coupon_pct,
+        plan.free_shipping,
+        plan.coupon_expires_at,
+        carts.email,
+        carts.phone,
+        carts.first_name,
+        carts.timezone,
+        carts.currency,
+        carts.cart_url,
+        carts.line_items,
+        carts.cart_value,
+        carts.customer_platform_id,
+        carts.created_at as cart_created_at,
+        carts.last_activity_at,
+        carts.superseded_at,
+        coalesce(carts.email_consent, false) as email_consent,
+        coalesce(carts.message_consent, false) as message_consent,
+        right(regexp_replace(coalesce(carts.phone, ''), '[^0-9]', '', 'g'), 10) as phone_tail
+    from claimed
+    left join marts.recovery_plan as plan
+        on plan.cart_key = claimed.cart_key and plan.stage = claimed.stage
+    left join marts.abandoned_carts as carts
+        on carts.cart_key = claimed.cart_key
+),
+
+built_orders as (
+    -- orders the last build knows, by customer id, email or phone (one hash join each)
+    select facts.plan_key
+    from facts
+    inner join intermediate.int_orders_unioned as orders
+        on orders.shop_id = facts.shop_id and orders.customer_platform_id = facts.customer_platform_id
+    where orders.is_placed and orders.ordered_at >= facts.cart_created_at
+    union
+    select facts.plan_key
+    from facts
+    inner join intermediate.int_orders_unioned as orders
+        on orders.shop_id = facts.shop_id and orders.email = facts.email
+    where orders.is_placed and orders.ordered_at >= facts.cart_created_at
+    union
+    select facts.plan_key
+    from facts
+    inner join intermediate.int_orders_unioned as orders
+        on orders.shop_id = facts.shop_id and orders.phone = facts.phone
+    where orders.is_placed and orders.ordered_at >= facts.cart_created_at
+),
+
+watermarks as (
+    select
+        (select coalesce(max(landed_at), '-infinity') from intermediate.int_orders_unioned)
+            - %(margin)s::interval as orders_landed,
+        (select coalesce(max(landed_at), '-infinity') from intermediate.int_carts_unioned)
+            - %(margin)s::interval as carts_landed
+),
+
+fresh_raw as (
+    -- what landed since the last build: not parsed by dbt yet
+    select 'order' as entity, polled.shop_id, polled.fetched_at as landed_at, polled.payload
+    from raw.polled_records as polled, watermarks
+    where polled.entity = 'order' and polled.fetched_at > watermarks.orders_landed
+    union all
+    select 'cart', polled.shop_id, polled.fetched_at, polled.payload
+    from raw.polled_records as polled, watermarks
+    where polled.entity = 'cart' and polled.fetched_at > watermarks.carts_landed
+    union all
+    select
+        case when events.topic = any(%(order_topics)s) then 'order' else 'cart' end,
+        events.shop_id, events.received_at, events.payload
+    from raw.webhook_events as events, watermarks
+    where (events.topic = any(%(order_topics)s) and events.received_at > watermarks.orders_landed)
+        or (events.topic = any(%(cart_topics)s) and events.received_at > watermarks.carts_landed)
+),
+
+fresh_contacts as (
+    -- every email and phone-like value in those payloads
+    select distinct fresh_raw.entity, fresh_raw.shop_id, fresh_raw.landed_at, contact.token
+    from fresh_raw
+    cross join lateral (
+        select case
+            when leaves.value like '%%@%%' then lower(trim(leaves.value))
+            when length(regexp_replace(leaves.value, '[^0-9]', '', 'g')) between 10 and 15
+                then right(regexp_replace(leaves.value, '[^0-9]', '', 'g'), 10)
+        end as token
+        from ops.jsonb_leaves(fresh_raw.payload) as leaves
+    ) as contact
+    where contact.token is not null
+),
+
+fresh_matches as (
+    select facts.plan_key, fresh_contacts.entity
+    from facts
+    inner join fresh_contacts
+        on fresh_contacts.shop_id = facts.shop_id
+        and fresh_contacts.token in (facts.email, nullif(facts.phone_tail, ''))
+    where (fresh_contacts.entity = 'order' and fresh_contacts.landed_at >= facts.cart_created_at)
+        or (fresh_contacts.entity = 'cart' and fresh_contacts.landed_at > facts.last_activity_at)
+)
+
+select
+    facts.*,
+    exists (select 1 from built_orders where built_orders.plan_key = facts.plan_key) as built_order,
+    exists (
+        select 1 from fresh_matches
+        where fresh_matches.plan_key = facts.plan_key and fresh_matches.entity = 'order'
+    ) as fresh_order,
+    exists (
+        select 1 from fresh_matches
+        where fresh_matches.plan_key = facts.plan_key and fresh_matches.entity = 'cart'
+    ) as fresh_cart_activity,
+    exists (
+        select 1 from ops.consent_revocations as revoked
+        where revoked.channel = 'whatsapp' and revoked.address = facts.phone
+            and (revoked.shop_id is null or revoked.shop_id = facts.shop_id)
+            and revoked.revoked_at <= %(now)s
+    ) as whatsapp_revoked,
+    exists (
+        select 1 from ops.consent_revocations as revoked
+        where revoked.channel = 'email' and revoked.address = facts.email
+            and (revoked.shop_id is null or revoked.shop_id = facts.shop_id)
+            and revoked.revoked_at <= %(now)s
+    ) as email_revoked,
+    (
+        select conversations.last_inbound_at from ops.conversations as conversations
+        where conversations.channel = 'whatsapp' and conversations.address = facts.phone
+    ) as last_inbound_at,
+    (
+        select max(coalesce(earlier.sent_at, earlier.claimed_at))
+        from ops.recovery_outbox as earlier
+        where earlier.status = any(%(contacted)s)
+            and earlier.cart_key <> facts.cart_key
+            and (earlier.customer_key = facts.customer_key
+                or earlier.recipient in (facts.phone, facts.email))
+    ) as last_contact_at,
+    (
+        select count(*) from ops.recovery_outbox as episode
+        where episode.cart_key = facts.cart_key and episode.plan_key <> facts.plan_key
+            and episode.status = any(%(contacted)s)
+    ) as episode_messages
+from facts
+"""
+
+
+def facts_parameters(plan_keys: list[str], now: datetime) -> dict[str, Any]:
+    return {
+        "plan_keys": plan_keys,
+        "now": now,
+        "margin": FRESH_MARGIN,
+        "order_topics": list(ORDER_TOPICS),
+        "cart_topics": list(CART_TOPICS),
+        "contacted": list(CONTACTED),
+    }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one due row. ``action``: send, suppress, defer, holdout or expire."""
+
+    action: str
+    reason: str | None = None
+    until: datetime | None = None  # defer: the earliest moment to look again
+    channel: str | None = None  # send / holdout: the channel after consent checks
+    guards: dict[str, str] = field(default_factory=dict)  # guard -> pass | suppress:... | defer:...
+
+
+def quiet_hours_end(now: datetime, timezone: str, settings: DispatchSettings) -> datetime | None:
+    """The end of the quiet hours ``now`` falls in, in the customer's time zone; None when outside.
+
+    Computed on the local wall clock and converted back, so it is right across DST changes
+    (09:00 local is 08:00 or 07:00 UTC in Istanbul's or London's winter, whatever the offset was
+    when the hours began).
+    """
+    if settings.quiet_hours is None:
+        return None
+    start, end = settings.quiet_hours
+    zone = ZoneInfo(timezone or "UTC")
+    local = now.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    if start == end:
+        return None
+    inside = (start <= clock or clock < end) if start > end else (start <= clock < end)
+    if not inside:
+        return None
+    day = local.date() if clock < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=zone).astimezone(now.tzinfo)
+
+
+def evaluate(
+    facts: Mapping[str, Any],
+    now: datetime,
+    settings: DispatchSettings,
+    *,
+    contacted_in_batch: datetime | None = None,
+) -> Verdict:
+    """Check one due row's facts (a row of ``FACTS_SQL``) in order; the first that stops it wins.
+
+    ``contacted_in_batch``: when this dispatcher already claimed a message to the same person in
+    this batch (the database cannot know yet), for the frequency cap.
+    """
+    guards: dict[str, str] = {}
+
+    def stop(action: str, reason: str, **extra: Any) -> Verdict:
+        guards[reason] = action
+        return Verdict(action=action, reason=reason, guards=guards, **extra)
+
+    # the plan as it stands now: a later build may have dropped, suppressed or moved the row
+    if not facts["plan_present"]:
+        return stop("suppress", "no_longer_planned")
+    plan_reason = facts["plan_suppressed_reason"]
+    if plan_reason not in (None, "holdout"):
+        return stop("suppress", f"plan_{plan_reason}")
+    if facts["plan_due_at"] > now:
+        return stop("defer", "replanned", until=facts["plan_due_at"])
+    guards["plan"] = "pass"
+
+    if now - facts["outbox_due_at"] > settings.expire_after:
+        return stop("expire", "expired")
+    guards["on_time"] = "pass"
+
+    if facts["built_order"] or facts["fresh_order"]:
+        return stop("suppress", "ordered_since_cart")
+    guards["no_order_since_cart"] = "pass"
+
+    if facts["superseded_at"] is not None and facts["superseded_at"] <= now:
+        return stop("suppress", "superseded_by_newer_cart")
+    guards["no_newer_cart"] = "pass"
+
+    if facts["fresh_cart_activity"]:
+        return stop("defer", "cart_activity_since_plan", until=now + REPLAN_WAIT)
+    guards["no_cart_activity_since_plan"] = "pass"
+
+    channel = _channel(facts)
+    if channel is None:
+        return stop("suppress", "no_consent")
+    guards["consent"] = "pass" if channel == facts["plan_channel"] else f"pass:fallback_{channel}"
+
+    if facts["episode_messages"] >= 3:
+        return stop("suppress", "stage_cap")
+    guards["stage_cap"] = "pass"
+
+    if plan_reason == "holdout":
+        # never sent; recorded with the guards above as what would have been sent
+        guards["holdout"] = "holdout"
+        return Verdict(action="holdout", reason="holdout", channel=channel, guards=guards)
+
+    waits: dict[str, datetime] = {}
+    if facts["last_inbound_at"] is not None and now < facts["last_inbound_at"] + settings.reply_quiet:
+        waits["conversation_open"] = facts["last_inbound_at"] + settings.reply_quiet
+    last_contact = max(
+        (moment for moment in (facts["last_contact_at"], contacted_in_batch) if moment is not None),
+        default=None,
+    )
+    if last_contact is not None and now < last_contact + settings.frequency_cap:
+        waits["frequency_cap"] = last_contact + settings.frequency_cap
+    quiet_end = quiet_hours_end(now, facts["timezone"], settings)
+    if quiet_end is not None:
+        waits["quiet_hours"] = quiet_end
+    if facts["platform"] == "shopify" and facts["stage"] == 1 and facts["last_activity_at"] is not None:
+        ready = facts["last_activity_at"] + settings.shopify_recovery_delay
+        if now < ready:
+            waits["recovery_url_not_ready"] = ready
+    for name in ("conversation_open", "frequency_cap", "quiet_hours", "recovery_url_not_ready"):
+        guards[name] = f"defer:{waits[name].isoformat()}" if name in waits else "pass"
+    if waits:
+        reason, until = max(waits.items(), key=lambda item: item[1])
+        return Verdict(action="defer", reason=reason, until=until, guards=guards)
+    return Verdict(action="send", channel=channel, guards=guards)
+
+
+def _channel(facts: Mapping[str, Any]) -> str | None:
+    """The plan's channel if its consent still holds, else email where email consent exists."""
+    whatsapp_ok = facts["phone"] is not None and facts["message_consent"] and not facts["whatsapp_revoked"]
+    email_ok = facts["email"] is not None and facts["email_consent"] and not facts["email_revoked"]
+    if facts["plan_channel"] == "whatsapp" and whatsapp_ok:
+        return "whatsapp"
+    if email_ok:
+        return "email"
+    return None

@@ -76,11 +76,18 @@ def _flag(value: Any, name: str, conn_id: str) -> bool:
     )
 
 
-def _address(value: str) -> Address:
-    """An addr-spec (``local@domain``) as an Address; ValueError when it is not one."""
+def _address(value: str, *, bare: bool = True) -> Address:
+    """``local@domain`` as an Address (``bare=False``: a display name may precede it in <>);
+    ValueError when it is not one address."""
     _, addr = parseaddr(value)
     local, at, domain = addr.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() or c in "<>," for c in addr):
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or any(c.isspace() or c in "<>,;" for c in addr)
+        or (bare and value.strip() != addr)
+    ):
         raise ValueError(f"not an email address: {value!r}")
     return Address(addr_spec=addr)
 
@@ -103,7 +110,7 @@ class SmtpSettings:
         if not self.host:
             raise ConfigurationError("the SMTP connection has no host")
         try:
-            _address(self.from_email)
+            _address(self.from_email, bare=False)
         except ValueError as exc:
             raise ConfigurationError(f"the SMTP from_email is not an address: {self.from_email!r}") from exc
 

@@ -362,3 +362,19 @@ def test_an_invalid_registry_entry_is_named_in_the_error(tmp_path, entry, messag
     with pytest.raises(TemplateError, match="template 'cart_reminder_broken_en' is invalid") as info:
         load_whatsapp_templates(path)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("item_count", "english", "turkish"),
+    [(1, None, None), (2, "and 1 other item ", "ve 1 ürün daha"), (4, "and 3 other items", "ve 3 ürün daha")],
+)
+def test_the_other_items_in_the_cart_are_counted(item_count, english, turkish):
+    for language, expected in (("en", english), ("tr", turkish)):
+        content = render_email(
+            _context(1, f"cart_reminder_gentle_{language}", language, None, False, item_count=item_count)
+        )
+        for part in (content.text, content.html):
+            if expected is None:
+                assert "other item" not in part and "ürün daha" not in part
+            else:
+                assert expected in part

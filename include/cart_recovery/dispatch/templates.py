@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -112,8 +114,9 @@ class WhatsAppTemplate(BaseModel):
 
 
 @functools.cache
-def load_whatsapp_templates(path: Path = WHATSAPP_TEMPLATES_FILE) -> dict[str, WhatsAppTemplate]:
-    """The registry by template name; a TemplateError naming the file and template when invalid."""
+def load_whatsapp_templates(path: Path = WHATSAPP_TEMPLATES_FILE) -> Mapping[str, WhatsAppTemplate]:
+    """The registry by template name (read-only, read once per file); a TemplateError naming the
+    file and the template when an entry is invalid."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -128,7 +131,7 @@ def load_whatsapp_templates(path: Path = WHATSAPP_TEMPLATES_FILE) -> dict[str, W
             templates[name] = WhatsAppTemplate(name=name, **entry)
         except (ValidationError, TypeError) as exc:
             raise TemplateError(f"{path}: template {name!r} is invalid: {exc}") from exc
-    return templates
+    return MappingProxyType(templates)
 
 
 def whatsapp_template(name: str) -> WhatsAppTemplate:

@@ -1,4 +1,5 @@
-"""``cart-recovery simulate``: the fake shop APIs in the foreground, for demos and manual tests."""
+"""``cart-recovery simulate``: the fake shop APIs and an SMTP sink in the foreground, for demos and
+manual tests."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _announce(simulator: Simulator, webhook_url: str | None) -> None:
     print(f"Shop simulator listening on {simulator.base_url}  (Ctrl-C stops it)\n")
     for shop in simulator.shops:
         print(f"  {shop.platform:<12} {shop.id:<20} {simulator.url(shop.id)}")
+    if simulator.smtp is not None:
+        print(f"  {'smtp':<12} {'smtp-sink':<20} smtp://{simulator.smtp.host}:{simulator.smtp.port}")
     print("\n# shops.yaml (save as config/shops.yaml or point CART_RECOVERY_SHOPS_FILE at it):")
     print(simulator.shops_yaml())
     print("# connections (paste into your shell or .env):")

@@ -2,7 +2,8 @@
 
 ``run_simulator`` starts it on loopback in a background thread and yields a ``Simulator`` that
 knows each shop's base URL, the matching ``shops.yaml`` entries and ``AIRFLOW_CONN_*`` values.
-``cart-recovery simulate`` runs the same app in the foreground.
+``cart-recovery simulate`` runs the same app in the foreground. With ``smtp=True`` an SMTP sink
+(``smtp_sink.SmtpSink``) runs beside it and ``AIRFLOW_CONN_SMTP_DEFAULT`` points at it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cart_recovery.simulator.data import (
     default_shops,
     generate_shop,
 )
+from cart_recovery.simulator.smtp_sink import SmtpSink
 from cart_recovery.simulator.state import Knobs, SimulatorState
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Simulator:
     base_url: str
     state: SimulatorState
     _server: uvicorn.Server | None = field(default=None, repr=False)
+    smtp: SmtpSink | None = None  # the fake mail relay, when started with smtp=True
 
     @property
     def knobs(self) -> Knobs:
@@ -123,10 +126,13 @@ class Simulator:
         return conn
 
     def connection_env(self) -> dict[str, str]:
-        return {
+        env = {
             f"AIRFLOW_CONN_{shop.conn_id.upper()}": json.dumps(self.connection(shop.id))
             for shop in self.shops
         }
+        if self.smtp is not None:
+            env.update(self.smtp.connection_env())
+        return env
 
     def shops_yaml(self) -> str:
         entries = [shop.model_dump(mode="json") for shop in self.shop_models()]
@@ -152,11 +158,13 @@ def run_simulator(
     knobs: Knobs | None = None,
     reference_time: datetime = DEFAULT_REFERENCE_TIME,
     shop_ids: list[str] | None = None,
+    smtp: bool = False,
 ) -> Iterator[Simulator]:
     """Serve the fake shop APIs on ``host:port`` (0: any free port) until the block ends.
 
     ``shop_ids`` limits the simulator to some of the default shops (e.g. one big Shopify shop for
-    the polling benchmark, without generating the other three).
+    the polling benchmark, without generating the other three). ``smtp`` also starts the SMTP
+    sink on ``host`` (any free port), as ``Simulator.smtp``.
     """
     shops = default_shops(seed)
     if shop_ids is not None:
@@ -182,20 +190,38 @@ def run_simulator(
             sock.close()
             raise RuntimeError("the shop simulator did not start; see the log above")
         time.sleep(0.01)
+    sink = None
     try:
-        yield Simulator(base_url=f"http://{host}:{bound_port}", state=state, _server=server)
+        sink = SmtpSink(host=host).start() if smtp else None
+        yield Simulator(base_url=f"http://{host}:{bound_port}", state=state, _server=server, smtp=sink)
     finally:
+        if sink is not None:
+            sink.stop()
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
 
 
 def serve_forever(
-    *, seed: int, carts_per_shop: int, host: str, port: int, defects: int, knobs: Knobs, announce
+    *,
+    seed: int,
+    carts_per_shop: int,
+    host: str,
+    port: int,
+    defects: int,
+    knobs: Knobs,
+    announce,
+    smtp: bool = True,
 ) -> None:
     """Run until interrupted; ``announce(simulator)`` is called once the server listens."""
     with run_simulator(
-        seed=seed, carts_per_shop=carts_per_shop, host=host, port=port, defects=defects, knobs=knobs
+        seed=seed,
+        carts_per_shop=carts_per_shop,
+        host=host,
+        port=port,
+        defects=defects,
+        knobs=knobs,
+        smtp=smtp,
     ) as simulator:
         announce(simulator)
         with contextlib.suppress(KeyboardInterrupt):

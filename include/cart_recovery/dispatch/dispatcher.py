@@ -190,7 +190,7 @@ async def _send(
             if facts["email"] and facts["email_consent"] and not facts["email_revoked"]:
                 channel, recipient = "email", facts["email"]
                 context = _context(facts, shop, template, coupon, channel)
-                sent = await _send_email(context, recipient, channels)
+                sent = await _send_email(context, recipient, channels, clock.now())
             else:
                 return _result(
                     row,
@@ -204,7 +204,7 @@ async def _send(
                     reason="whatsapp_unreachable",
                 )
     else:
-        sent = await _send_email(context, recipient, channels)
+        sent = await _send_email(context, recipient, channels, clock.now())
     return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings)
 
 
@@ -269,18 +269,13 @@ async def _send_whatsapp(context: MessageContext, recipient: str, channels: Chan
     return result, message.template, message.text
 
 
-async def _send_email(context: MessageContext, recipient: str, channels: Channels):
+async def _send_email(context: MessageContext, recipient: str, channels: Channels, at: datetime):
     from cart_recovery.dispatch.templates import render_email
 
+    # the content carries the unsubscribe link; the sender turns it into the RFC 8058 headers
     content = render_email(context)
-    headers = {}
-    if context.unsubscribe_link:
-        headers = {
-            "List-Unsubscribe": f"<{context.unsubscribe_link}>",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        }
     try:
-        result = await asyncio.to_thread(channels.email.send, recipient, content, headers)
+        result = await asyncio.to_thread(channels.email.send, recipient, content, None, sent_at=at)
     except Exception as exc:
         log.exception("email send of %s ended without an answer", context.plan_key)
         result = SendResult(Outcome.UNKNOWN, error=f"{type(exc).__name__}: {exc}")

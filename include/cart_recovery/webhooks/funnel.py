@@ -274,23 +274,25 @@ def apply_message(cursor: psycopg2.extensions.cursor, message: InboundMessage, n
 
 # -- links ----------------------------------------------------------------------------------------
 
+_WEB_URL = r"^https?://[^/?#\s]"  # where a click may lead: never javascript:, data:, relative
+
 
 def record_click(
     cursor: psycopg2.extensions.cursor, plan_key: str, at: datetime, *, count: bool = True
 ) -> str | None:
-    """The cart_url to redirect to (None: no such row or no cart_url); with ``count``, the click is
-    recorded (``clicked_at``: the first click wins)."""
+    """The cart_url to redirect to (None: no such row, or no http(s) cart_url); with ``count``, the
+    click is recorded (``clicked_at``: the first click wins)."""
     if count:
         cursor.execute(
             "update ops.recovery_outbox set clicked_at = least(clicked_at, %(at)s), updated_at = "
             "case when clicked_at is null or clicked_at > %(at)s then %(at)s else updated_at end "
-            "where plan_key = %(plan_key)s and cart_url is not null returning cart_url",
-            {"at": at, "plan_key": plan_key},
+            "where plan_key = %(plan_key)s and cart_url ~* %(web)s returning cart_url",
+            {"at": at, "plan_key": plan_key, "web": _WEB_URL},
         )
     else:
         cursor.execute(
-            "select cart_url from ops.recovery_outbox where plan_key = %s and cart_url is not null",
-            (plan_key,),
+            "select cart_url from ops.recovery_outbox where plan_key = %s and cart_url ~* %s",
+            (plan_key, _WEB_URL),
         )
     row = cursor.fetchone()
     return row[0] if row else None

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cart_recovery import __version__, privacy
 from cart_recovery.shops import Platform
-from cart_recovery.webhooks import signatures, whatsapp
+from cart_recovery.webhooks import funnel, pages, signatures, whatsapp
 from cart_recovery.webhooks.config import WebhookConfig
 from cart_recovery.webhooks.platforms import WEBHOOK_HEADERS, WebhookHeaders
 from cart_recovery.webhooks.store import DatabaseUnavailable, EventStore, WebhookEvent, insert_event
@@ -156,6 +156,7 @@ def create_app(config: WebhookConfig | None = None) -> FastAPI:
         signature = request.headers.get("X-Hub-Signature-256")
         return await run_in_threadpool(_ingest_whatsapp, config, store, body, signature)
 
+    app.include_router(pages.router(config, store))
     return app
 
 
@@ -391,7 +392,13 @@ def _ingest_whatsapp(
         WebhookEvent("whatsapp", "", d.topic, d.delivery_id, received_at, d.payload)
         for d in whatsapp.split_deliveries(document, body)
     ]
-    stored = _store(lambda: store.insert(events))
+    # Each new delivery settles the funnel in the transaction that stores it (funnel.py).
+    stored = _store(
+        lambda: store.insert_then(
+            events,
+            lambda cur, event: funnel.apply_whatsapp_event(cur, event.topic, event.payload, received_at),
+        )
+    )
     return JSONResponse(
         {"status": "stored" if stored else "duplicate", "deliveries": len(events), "stored": stored}
     )

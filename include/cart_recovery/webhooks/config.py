@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from cart_recovery import connections
+from cart_recovery.dispatch.links import LinkSigner
 from cart_recovery.errors import ConfigurationError
 from cart_recovery.shops import Platform, Shop, load_shops
 from cart_recovery.webhooks.platforms import WEBHOOK_HEADERS, normalise_domain
@@ -43,6 +44,7 @@ class WebhookConfig:
     whatsapp: WhatsAppSecrets | None
     max_body_bytes: int = DEFAULT_MAX_BYTES
     pool_size: int = DEFAULT_POOL_SIZE
+    links: LinkSigner | None = None  # None: /r/ and /u/ answer 404
 
     def find_shop(self, platform: Platform, domain: str) -> ShopSecret | None:
         return self.shops.get((platform, normalise_domain(domain)))
@@ -59,6 +61,7 @@ class WebhookConfig:
             whatsapp=whatsapp_secrets(),
             max_body_bytes=_positive_int(MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
             pool_size=_positive_int(POOL_SIZE_ENV, DEFAULT_POOL_SIZE),
+            links=link_signer(),
         )
 
 
@@ -83,6 +86,16 @@ def whatsapp_secrets() -> WhatsAppSecrets | None:
         app_secret=connections.required_extra(conn_id, "app_secret"),
         verify_token=connections.required_extra(conn_id, "verify_token"),
     )
+
+
+def link_signer() -> LinkSigner | None:
+    """The click and unsubscribe links' signer; without its settings the service still starts
+    (webhooks matter more than links) and says once what to set."""
+    try:
+        return LinkSigner.from_env()
+    except ConfigurationError as exc:
+        log.warning("Click and unsubscribe links are off (/r/ and /u/ answer 404): %s", exc)
+        return None
 
 
 def _positive_int(name: str, default: int) -> int:

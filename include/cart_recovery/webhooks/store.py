@@ -17,7 +17,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -208,6 +208,52 @@ class EventStore:
             new.append(key in inserted)
             inserted.discard(key)
         return new
+
+    def insert_then(
+        self,
+        events: Sequence[WebhookEvent],
+        on_new: Callable[[psycopg2.extensions.cursor, WebhookEvent], None],
+    ) -> int:
+        """Store the events and, in the same transaction, run ``on_new`` for each one that was new
+        (never for a duplicate: its effects were applied when it was first stored); returns how
+        many were new.
+
+        Each ``on_new`` runs in a savepoint: one that fails for its data (a value PostgreSQL
+        refuses, a constraint) is rolled back alone and logged, and the events are still stored
+        (the raw row keeps what came, to be replayed once fixed; answering an error would make the
+        sender retry forever). An unavailable database fails the whole transaction (503).
+        """
+
+        def work(conn: psycopg2.extensions.connection) -> int:
+            with conn.cursor() as cur:
+                rows = psycopg2.extras.execute_values(
+                    cur, _INSERT_MANY_KEYS, [_row(e) for e in events], page_size=len(events), fetch=True
+                )
+                inserted = set(rows)
+                new = 0
+                for event in events:
+                    key = (event.platform, event.shop_id, event.delivery_id)
+                    if key not in inserted:
+                        continue
+                    inserted.discard(key)
+                    new += 1
+                    cur.execute("savepoint on_new")
+                    try:
+                        on_new(cur, event)
+                    except (psycopg2.DataError, psycopg2.IntegrityError, ValueError) as exc:
+                        cur.execute("rollback to savepoint on_new")
+                        log.error(
+                            "%s %s delivery %s stored, its effects not applied: %s",
+                            event.platform,
+                            event.topic,
+                            event.delivery_id,
+                            str(exc).strip(),
+                        )
+                    else:
+                        cur.execute("release savepoint on_new")
+                return new
+
+        return self.run(work)
 
     def insert_async(self, event: WebhookEvent) -> asyncio.Future[bool]:
         """Hand the event to the group-commit thread; the future is True (new) or False

@@ -10,6 +10,9 @@ each stored as its own row with its own delivery id:
   four deliveries), topic ``statuses``;
 - anything else (no messages and no statuses): the whole body, delivery id
   ``sha256:<hex digest of the raw body>``, topic = the change's ``field``.
+
+A newly stored status or message also settles the recovery funnel in the same transaction
+(``funnel.py``: the outbox row's status and times, the conversation, STOP and 131050 revocations).
 """
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ def classify(status: int, body: Any) -> tuple[SendResult, bool]:
     details = (
         (error.get("error_data") or {}).get("details") if isinstance(error.get("error_data"), dict) else None
     )
-    text = " ".join(str(part) for part in (error.get("message"), details) if part) or f"HTTP {status}"
+    text = ": ".join(str(part) for part in (error.get("message"), details) if part) or f"HTTP {status}"
 
     def result(outcome: Outcome) -> SendResult:
         return SendResult(

@@ -154,7 +154,7 @@ def wa_id(number: str) -> str:
 class WhatsAppKnobs:
     """Limits and failure injection of the fake; tests change them while it runs."""
 
-    messages_per_second: int = 80  # per business phone number; above it: 130429
+    messages_per_second: float = 80  # per business phone number; above it: 130429
     pair_interval: float = 6.0  # seconds between two messages to one person (131056); 0: off
     status_callbacks: str = "all"  # off | delivered (sent, delivered) | all (sent, delivered, read)
     status_delay: float = 0.05  # seconds before each status callback
@@ -367,13 +367,16 @@ class WhatsAppState:
             return self.knobs.fail_status
 
     def _take_throughput(self, phone_number_id: str) -> bool:
-        """A token bucket per business number: ``messages_per_second`` tokens, refilled at that
-        rate, one per send request."""
-        rate = max(self.knobs.messages_per_second, 1)
+        """A token bucket per business number: ``messages_per_second`` tokens (at least one),
+        refilled at that rate, one per send request."""
+        rate = self.knobs.messages_per_second
+        if rate <= 0:
+            raise ValueError(f"messages_per_second must be > 0, not {rate}")
+        capacity = max(rate, 1.0)
         now = time.monotonic()
         with self._lock:
-            bucket = self._buckets.setdefault(phone_number_id, _Bucket(tokens=rate, at=now))
-            bucket.tokens = min(rate, bucket.tokens + (now - bucket.at) * rate)
+            bucket = self._buckets.setdefault(phone_number_id, _Bucket(tokens=capacity, at=now))
+            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * rate)
             bucket.at = now
             if bucket.tokens < 1:
                 return False

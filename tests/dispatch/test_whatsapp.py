@@ -452,6 +452,34 @@ def test_incomplete_connection_says_what_to_set(simulator, monkeypatch, change, 
         WhatsAppClient.from_connection()
 
 
+def test_knobs_are_checked_and_reset(simulator):
+    simulator.whatsapp.knobs.status_callbacks = "sometimes"
+    to = _number()
+    answer = _raw_post(simulator, _template_body(to, *GENTLE_TR))
+    assert answer.status_code == 500 and "status_callbacks" in answer.text
+    assert simulator.whatsapp.messages(to) == []  # refused before anything was accepted
+    knobs = simulator.whatsapp.knobs
+    simulator.whatsapp.not_on_whatsapp(to)
+    simulator.whatsapp.reset()
+    assert simulator.whatsapp.knobs is knobs and knobs.status_callbacks == "all"
+    [result] = _send(None, template(to))
+    assert result.outcome is Outcome.SENT  # the registry was forgotten too
+    with pytest.raises(ValueError, match="5xx"):
+        simulator.whatsapp.inject_failures(1, status=404)
+
+
+def test_simulate_command_prints_the_connection_and_points_webhooks_at_the_service(simulator, capsys):
+    from cart_recovery.simulator.command import _announce
+
+    _announce(simulator, None)
+    printed = capsys.readouterr().out
+    assert f"{simulator.base_url}/whatsapp" in printed and "export AIRFLOW_CONN_WHATSAPP_DEFAULT=" in printed
+    assert simulator.whatsapp.webhook_url is None
+    simulator.state.shops.clear()  # no shop webhooks to send: only the WhatsApp wiring is checked
+    _announce(simulator, "http://127.0.0.1:8081/")
+    assert simulator.whatsapp.webhook_url == "http://127.0.0.1:8081/webhooks/whatsapp"
+
+
 # -- status callbacks and inbound messages into the real webhook service ---------------------
 
 

@@ -162,6 +162,17 @@ class WhatsAppKnobs:
     fail_next: int = 0  # answer the next N sends with fail_status, before anything else is checked
     fail_status: int = 500  # 500 (code 131000), 503 (code 2) or another 5xx (a plain-text body)
 
+    def check(self) -> None:
+        """ValueError naming a knob set to something the fake cannot do."""
+        if self.messages_per_second <= 0:
+            raise ValueError(f"messages_per_second must be > 0, not {self.messages_per_second}")
+        if self.status_callbacks not in STATUS_MODES:
+            raise ValueError(f"status_callbacks must be one of {STATUS_MODES}, not {self.status_callbacks!r}")
+        if min(self.pair_interval, self.status_delay, self.response_delay, self.fail_next) < 0:
+            raise ValueError("pair_interval, status_delay, response_delay and fail_next must be >= 0")
+        if not 500 <= self.fail_status <= 599:
+            raise ValueError(f"fail_status must be a 5xx, not {self.fail_status}")
+
 
 @dataclass(frozen=True)
 class AcceptedMessage:
@@ -360,6 +371,7 @@ class WhatsAppState:
     # -- the send path -----------------------------------------------------------------------
 
     def take_injected_failure(self) -> int | None:
+        """The 5xx status the next send must answer with (``inject_failures``), if any."""
         with self._lock:
             if self.knobs.fail_next <= 0:
                 return None
@@ -368,10 +380,8 @@ class WhatsAppState:
 
     def _take_throughput(self, phone_number_id: str) -> bool:
         """A token bucket per business number: ``messages_per_second`` tokens (at least one),
-        refilled at that rate, one per send request."""
+        refilled at that rate, one per well-formed send request (accepted or refused after it)."""
         rate = self.knobs.messages_per_second
-        if rate <= 0:
-            raise ValueError(f"messages_per_second must be > 0, not {rate}")
         capacity = max(rate, 1.0)
         now = time.monotonic()
         with self._lock:
@@ -572,7 +582,7 @@ class WhatsAppState:
                 status = (await client.post(url, content=body, headers=headers)).status_code
             except httpx.HTTPError:
                 status = None
-            if status is not None and 200 <= status < 300:
+            if (status is not None and 200 <= status < 300) or attempt == attempts - 1:
                 break
             await asyncio.sleep(0.1 * 2**attempt)
         return status
@@ -584,8 +594,6 @@ class WhatsAppState:
     def report_statuses(self, message: AcceptedMessage) -> None:
         """Schedule the status callbacks of an accepted message on the running loop."""
         mode = self.knobs.status_callbacks
-        if mode not in STATUS_MODES:
-            raise ValueError(f"status_callbacks must be one of {STATUS_MODES}, not {mode!r}")
         if self.webhook_url is None or mode == "off":
             return
         statuses = ("sent", "delivered") if mode == "delivered" else ("sent", "delivered", "read")
@@ -629,6 +637,10 @@ def router(state: WhatsAppState) -> APIRouter:
                     "error_subcode": 33,
                 },
             )
+        try:
+            state.knobs.check()
+        except ValueError as exc:
+            return PlainTextResponse(f"the WhatsApp simulator is misconfigured: {exc}", status_code=500)
         failure = state.take_injected_failure()
         if failure == 500:
             return WhatsAppError(131000).response()

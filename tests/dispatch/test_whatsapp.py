@@ -427,6 +427,7 @@ def test_bad_input_is_refused_before_sending(simulator):
         async with _client() as client:
             for call in (
                 lambda: client.send_template(_number(), "cart_reminder_gentle_tr", "tr", ["Ayşe", ""], None),
+                lambda: client.send_template(_number(), "cart_reminder_gentle_tr", "tr", "Ayşe", None),
                 lambda: client.send_template("", *GENTLE_TR, None),
                 lambda: client.send_template(_number(), *GENTLE_TR, "x" * 513),
                 lambda: client.send_text(_number(), "", None),

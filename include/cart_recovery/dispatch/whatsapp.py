@@ -107,6 +107,10 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 8.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError(f"a retry policy needs attempts >= 1 and delays >= 0: {self}")
+
     def delay(self, retry: int, jitter: float) -> float:
         """The wait before retry number ``retry`` (1, 2, ...); ``jitter`` in [0, 1)."""
         ceiling = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
@@ -199,7 +203,7 @@ class WhatsAppClient:
         """Send an approved template with its body parameters, in order ({{1}}, {{2}}, ...)."""
         if not template or not language:
             raise ValueError("a template send needs the template's name and language")
-        if any(not isinstance(p, str) or not p.strip() for p in parameters):
+        if isinstance(parameters, str) or any(not isinstance(p, str) or not p.strip() for p in parameters):
             raise ValueError(f"template {template}: every body parameter must be non-empty text")
         body: dict[str, Any] = {"name": template, "language": {"code": language}}
         if parameters:
@@ -234,13 +238,13 @@ class WhatsAppClient:
                 result, again = SendResult(Outcome.RETRY, error=f"not sent: {_describe(exc)}"), True
             except httpx.TransportError as exc:
                 # Read or write timeout, connection dropped: the request may have been taken.
-                log.warning("WhatsApp send to %s: no answer (%s); not retried", to, _describe(exc))
+                log.warning("WhatsApp send to %s: no answer (%s); not retried", _masked(to), _describe(exc))
                 return SendResult(Outcome.UNKNOWN, error=f"no answer: {_describe(exc)}")
             else:
                 result, again = classify(response.status_code, _json(response))
             if not again:
                 return result
-            log.info("WhatsApp send to %s: attempt %d: %s", to, attempt, result.error)
+            log.info("WhatsApp send to %s: attempt %d: %s", _masked(to), attempt, result.error)
         return result
 
 
@@ -290,6 +294,11 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text[:2000]
+
+
+def _masked(number: str) -> str:
+    """A phone number for the logs: its last three digits only (logs outlive a redact request)."""
+    return "…" + number[-3:]
 
 
 def _describe(exc: Exception) -> str:

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--webhook-url",
         default=None,
         help="send each shop's carts as signed webhooks to <url>/webhooks/<platform> once "
-        "the simulator listens (e.g. http://127.0.0.1:8081)",
+        "the simulator listens (e.g. http://127.0.0.1:8081), and the fake WhatsApp API's status "
+        "callbacks and inbound messages to <url>/webhooks/whatsapp",
     )
 
 
@@ -40,6 +41,9 @@ def _announce(simulator: Simulator, webhook_url: str | None) -> None:
         print(f"  {shop.platform:<12} {shop.id:<20} {simulator.url(shop.id)}")
     if simulator.smtp is not None:
         print(f"  {'smtp':<12} {'smtp-sink':<20} smtp://{simulator.smtp.host}:{simulator.smtp.port}")
+    print(f"  {'whatsapp':<12} {'whatsapp_default':<20} {simulator.base_url}/whatsapp")
+    if webhook_url:
+        simulator.whatsapp.set_webhook(f"{webhook_url.rstrip('/')}/webhooks/whatsapp")
     print("\n# shops.yaml (save as config/shops.yaml or point CART_RECOVERY_SHOPS_FILE at it):")
     print(simulator.shops_yaml())
     print("# connections (paste into your shell or .env):")

@@ -23,7 +23,7 @@ import yaml
 from fastapi import FastAPI
 
 from cart_recovery.shops import Platform, Shop
-from cart_recovery.simulator import ideasoft_api, shopify_api, ticimax_api, woocommerce_api
+from cart_recovery.simulator import ideasoft_api, shopify_api, ticimax_api, whatsapp_api, woocommerce_api
 from cart_recovery.simulator.data import (
     DEFAULT_REFERENCE_TIME,
     ShopData,
@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 def build_app(state: SimulatorState) -> FastAPI:
     app = FastAPI(
         title="cart-recovery shop simulator",
-        description="Fake Shopify, WooCommerce, Ticimax and Ideasoft APIs for tests and demos.",
+        description="Fake Shopify, WooCommerce, Ticimax and Ideasoft APIs and a fake WhatsApp Cloud API "
+        "(under /whatsapp) for tests and demos.",
     )
     for module in (shopify_api, woocommerce_api, ticimax_api, ideasoft_api):
         app.include_router(module.router(state))
+    app.include_router(whatsapp_api.router(state.whatsapp), prefix="/whatsapp")
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -125,6 +127,15 @@ class Simulator:
             conn.update(password=sim.api_key)
         return conn
 
+    @property
+    def whatsapp(self) -> whatsapp_api.WhatsAppState:
+        """The fake WhatsApp Cloud API: its knobs, registries and log of accepted messages."""
+        return self.state.whatsapp
+
+    def whatsapp_connection(self) -> dict:
+        """The ``whatsapp_default`` connection (JSON form): host is ``<base>/whatsapp``."""
+        return self.whatsapp.connection(f"{self.base_url}/whatsapp")
+
     def connection_env(self) -> dict[str, str]:
         env = {
             f"AIRFLOW_CONN_{shop.conn_id.upper()}": json.dumps(self.connection(shop.id))
@@ -132,6 +143,7 @@ class Simulator:
         }
         if self.smtp is not None:
             env.update(self.smtp.connection_env())
+        env["AIRFLOW_CONN_WHATSAPP_DEFAULT"] = json.dumps(self.whatsapp_connection())
         return env
 
     def shops_yaml(self) -> str:

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from cart_recovery.shops import Platform
 from cart_recovery.simulator.data import ShopData
+from cart_recovery.simulator.whatsapp_api import WhatsAppState
 
 T = TypeVar("T")
 MAX_LISTINGS = 64
@@ -38,6 +39,7 @@ class SimulatorState:
     shops: dict[str, ShopData]
     knobs: Knobs = field(default_factory=Knobs)
     requests: Counter = field(default_factory=Counter)  # (shop_id, label) -> count
+    whatsapp: WhatsAppState = field(default_factory=WhatsAppState)  # the fake WhatsApp Cloud API
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Listings being paged through: (shop, listing, window) -> the matching records, oldest first.
     _listings: OrderedDict = field(default_factory=OrderedDict)

@@ -318,24 +318,27 @@ class ShopifyCouponClient(ShopifyClient):
         errors = result.get("userErrors") or []
         if not errors:
             return shopify_coupon(result.get("codeDiscountNode"))
-        if any(e.get("code") == "TAKEN" and (e.get("field") or [])[-1:] == ["code"] for e in errors):
-            existing = self.existing(code)
-            if existing is not None:
-                log.info("%s: coupon %s exists already (a retry of %s): reused", self.shop.id, code, plan_key)
-                return _matches(
-                    existing,
-                    pct if kind == "percentage" else Decimal("0.00"),
-                    kind == "free_shipping",
-                    code,
-                    self.shop.id,
-                    now,
-                )
         messages = "; ".join(
             f"{'.'.join(e.get('field') or [])}: {e.get('message')} ({e.get('code')})" for e in errors
         )
-        raise CouponError(
-            f"{self.shop.id}: Shopify refused the discount code {code}: {messages}", platform_response=result
-        )
+        refused = f"{self.shop.id}: Shopify refused the discount code {code}: {messages}"
+        if any(e.get("code") == "TAKEN" and (e.get("field") or [])[-1:] == ["code"] for e in errors):
+            existing = self.existing(code)
+            if existing is not None:
+                try:
+                    reused = _matches(
+                        existing,
+                        pct if kind == "percentage" else Decimal("0.00"),
+                        kind == "free_shipping",
+                        code,
+                        self.shop.id,
+                        now,
+                    )
+                except CouponError as exc:
+                    raise CouponError(f"{exc} ({refused})", platform_response=result) from None
+                log.info("%s: coupon %s exists already (a retry of %s): reused", self.shop.id, code, plan_key)
+                return reused
+        raise CouponError(refused, platform_response=result)
 
 
 class ShopifyCoupons(_ApiIssuer):

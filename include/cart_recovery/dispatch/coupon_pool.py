@@ -43,6 +43,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
+from cart_recovery.dispatch.coupons import CouponError
 from cart_recovery.dispatch.message import Coupon
 from cart_recovery.errors import CartRecoveryError, ConfigurationError
 
@@ -53,12 +54,6 @@ MAX_PROBLEMS_LISTED = 50
 _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f", ""}
 _CENT = Decimal("0.01")
-
-
-def _coupon_error(message: str):
-    from cart_recovery.dispatch.coupons import CouponError  # coupons imports this module lazily
-
-    return CouponError(message)
 
 
 def _load_hint(shop_id: str) -> str:
@@ -147,11 +142,11 @@ def claim(
             if ours:
                 conn.commit()
     except psycopg2.Error as exc:
-        raise _coupon_error(f"the coupon pool could not be read for shop {shop_id}: {exc}".strip()) from exc
+        raise CouponError(f"the coupon pool could not be read for shop {shop_id}: {exc}".strip()) from exc
     if row is None:
         raise _no_code(database, params)
     if row[0] != shop_id:
-        raise _coupon_error(
+        raise CouponError(
             f"plan row {plan_key} already holds pool code {row[1]} of shop {row[0]}, not {shop_id}"
         )
     return Coupon(code=row[1], pct=row[2], free_shipping=row[3], expires_at=row[4])
@@ -191,7 +186,7 @@ def _no_code(database: Any, params: dict):
             conn.rollback()
     shop_id = params["shop_id"]
     if not free:
-        return _coupon_error(f"coupon pool for shop {shop_id} is empty: {_load_hint(shop_id)}")
+        return CouponError(f"coupon pool for shop {shop_id} is empty: {_load_hint(shop_id)}")
     terms = f"{params['pct']}% off" + (" + free shipping" if params["free_shipping"] else "")
     window = f"expiring between {params['earliest'].isoformat()} and {params['latest'].isoformat()}"
     held = (
@@ -199,7 +194,7 @@ def _no_code(database: Any, params: dict):
         if matching
         else "none with these terms"
     )
-    return _coupon_error(
+    return CouponError(
         f"coupon pool for shop {shop_id} has no free code for {terms} {window} "
         f"({free} free codes in all, {held}): {_load_hint(shop_id)}"
     )

@@ -40,7 +40,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cart_recovery.dispatch.message import Coupon
@@ -111,7 +111,11 @@ class CouponIssuer(ABC):
             raise CouponError("a coupon needs the plan row's plan_key")
         if now.tzinfo is None or expires_at.tzinfo is None:
             raise CouponError("now and expires_at must be timezone-aware")
-        pct = Decimal(pct)
+        try:
+            pct = Decimal(str(pct))  # str: a float 10.1 means 10.10, not its binary expansion
+        except InvalidOperation:
+            raise CouponError(f"coupon percentage {pct!r} is not a number") from None
+        free_shipping = bool(free_shipping)
         if not pct.is_finite() or not 0 <= pct <= 100 or pct != pct.quantize(_CENT):
             raise CouponError(f"coupon percentage {pct} must be between 0 and 100 with at most two decimals")
         if pct == 0 and not free_shipping:

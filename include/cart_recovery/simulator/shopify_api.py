@@ -1,7 +1,8 @@
 """Fake Shopify Admin API: GraphQL ``abandonedCheckouts``, ``customers``, ``orders``, ``products``.
 
 Only the parts of GraphQL the poller uses are understood: the root field, and the ``first``,
-``after`` and ``query`` arguments passed as variables (or inline). Nodes always carry the full set
+``after`` and ``query`` arguments passed as variables (or inline); ``customers`` also filters on
+``email:`` (the coupon client's customer lookup). Discount codes are ``shopify_discounts.py``. Nodes always carry the full set
 of fields below, whatever the selection set asks for. Checkout webhooks use the REST shape
 (``rest_checkout``), as Shopify's do.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -787,3 +788,41 @@ def test_cli_refuses_a_shop_with_a_coupon_api(sim, pool, shops_file, tmp_path):
         coupons_command(["load", "--shop", SHOPIFY, str(csv_file)], pool)
     with pytest.raises(Exception, match="no shop 'nope'"):
         coupons_command(["load", "--shop", "nope", str(csv_file)], pool)
+
+
+def test_the_command_line_end_to_end(sim, pool, shops_file, tmp_path, monkeypatch, capsys):
+    """``cart-recovery coupons ...`` as an operator runs it: exit codes and what it prints."""
+    monkeypatch.setenv("AIRFLOW_HOME", os.environ["AIRFLOW_HOME"])  # main() sets it; restored after
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="seconds")  # the CLI's clock
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"code,pct,free_shipping,expires_at\nOK-1,10,false,{tomorrow}\nBAD,ten,false,{tomorrow}\n")
+    assert cli.main(["coupons", "load", "--shop", IDEASOFT, str(bad)]) == 2
+    assert "line 3: pct 'ten' is not a number" in capsys.readouterr().err
+    assert pool_rows(pool, IDEASOFT) == {}
+
+    good = tmp_path / "good.csv"
+    good.write_text(f"code,pct,free_shipping,expires_at\nOK-1,10,false,{tomorrow}\n")
+    assert cli.main(["coupons", "load", "--shop", IDEASOFT, str(good)]) == 0
+    assert f"loaded 1 codes into the pool of {IDEASOFT}" in capsys.readouterr().out
+    assert cli.main(["coupons", "status", "--shop", IDEASOFT]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:6] == [IDEASOFT, "10.00", "no", "1", "0", "0"]
+
+
+def test_concurrent_sends_of_one_shop_each_get_their_coupon(sim):
+    issuer = issuer_for(shop(sim, WOO), retry=quick_retry())
+    keys = [plan_key() for _ in range(5)]
+
+    async def many() -> list:
+        return await asyncio.gather(
+            *(
+                issuer.create(key, f"buyer{n}@example.com", 10, False, EXPIRY, now=NOW)
+                for n, key in enumerate(keys)
+            )
+        )
+
+    coupons = run(many())
+    assert [c.code for c in coupons] == [issuer.code_for(key).lower() for key in keys]
+    book = sim.state.coupon_book(WOO)
+    assert [book.get(c.code).email_restrictions for c in coupons] == [
+        (f"buyer{n}@example.com",) for n in range(5)
+    ]

@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -150,17 +151,23 @@ class CouponIssuer(ABC):
 
 
 class _ApiIssuer(CouponIssuer):
-    """A platform whose API creates coupons: the (blocking) client runs in a worker thread."""
+    """A platform whose API creates coupons: the (blocking) client runs in a worker thread, one
+    call at a time per issuer, since its requests session is not meant to be shared by threads."""
 
     client_class: Any  # a platform client with issue(code, plan_key, email, pct, free_shipping, ...)
 
     def __init__(self, shop: Shop, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(shop)
         self.client = self.client_class(shop, retry=retry or coupon_retry_policy())
+        self._one_call = threading.Lock()
         if not self.client.password:
             raise ConfigurationError(
                 f"{shop.id}: the Airflow connection {shop.conn_id!r} has no password (the API credential)"
             )
+
+    def _call(self, *args: Any) -> Coupon:
+        with self._one_call:
+            return self.client.issue(*args)
 
     def code_for(self, plan_key: str) -> str:
         return coupon_code(self.client.password, self.shop.id, plan_key)
@@ -169,7 +176,7 @@ class _ApiIssuer(CouponIssuer):
         code = self.code_for(plan_key)
         try:
             return await asyncio.to_thread(
-                self.client.issue, code, plan_key, email, pct, free_shipping, expires_at, now
+                self._call, code, plan_key, email, pct, free_shipping, expires_at, now
             )
         except CouponError:
             raise

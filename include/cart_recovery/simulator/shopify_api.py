@@ -2,9 +2,9 @@
 
 Only the parts of GraphQL the poller uses are understood: the root field, and the ``first``,
 ``after`` and ``query`` arguments passed as variables (or inline); ``customers`` also filters on
-``email:`` (the coupon client's customer lookup). Discount codes are ``shopify_discounts.py``. Nodes always carry the full set
-of fields below, whatever the selection set asks for. Checkout webhooks use the REST shape
-(``rest_checkout``), as Shopify's do.
+``email:`` (the coupon client's customer lookup). Nodes always carry the full set of fields
+below, whatever the selection set asks for. Checkout webhooks use the REST shape
+(``rest_checkout``), as Shopify's do. Discount codes live in ``shopify_discounts.py``.
 """
 
 from __future__ import annotations

@@ -567,6 +567,8 @@ def test_pool_claims_the_latest_expiring_fitting_code_once_per_plan_row(sim, poo
     assert (coupon.code, coupon.pct, coupon.free_shipping) == ("BEST", Decimal("10.00"), False)
     assert coupon.expires_at == NOW + timedelta(hours=40)  # the code's own expiry, before the cap
     assert run(issuer.create(key, "a@example.com", Decimal("10"), False, EXPIRY, now=NOW)) == coupon
+    with pytest.raises(CouponError, match="other terms"):  # the plan row's code, never a second one
+        run(issuer.create(key, "a@example.com", Decimal("15"), False, EXPIRY, now=NOW))
     second = run(issuer.create(plan_key(), None, Decimal("10"), False, EXPIRY, now=NOW))
     assert second.code == "SOON"
     with pytest.raises(CouponError, match=r"no free code for 10\.00% off expiring between") as none_left:

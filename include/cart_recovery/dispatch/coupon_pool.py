@@ -43,7 +43,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from cart_recovery.dispatch.coupons import CouponError
+from cart_recovery.dispatch.coupons import CouponError, reusable
 from cart_recovery.dispatch.message import Coupon
 from cart_recovery.errors import CartRecoveryError, ConfigurationError
 
@@ -145,15 +145,20 @@ def claim(
         raise CouponError(f"the coupon pool could not be read for shop {shop_id}: {exc}".strip()) from exc
     if row is None:
         raise _no_code(database, params)
+    row, reused = row
     if row[0] != shop_id:
         raise CouponError(
             f"plan row {plan_key} already holds pool code {row[1]} of shop {row[0]}, not {shop_id}"
         )
-    return Coupon(code=row[1], pct=row[2], free_shipping=row[3], expires_at=row[4])
+    coupon = Coupon(code=row[1], pct=row[2], free_shipping=row[3], expires_at=row[4])
+    if reused:  # a retry of the plan row: its code, if it still fits
+        return reusable(coupon, params["pct"], free_shipping, coupon.code, shop_id, now)
+    return coupon
 
 
-def _claim(conn, params: dict) -> tuple | None:
-    """(shop_id, code, pct, free_shipping, expires_at) of the plan row's code, claimed now or before.
+def _claim(conn, params: dict) -> tuple[tuple, bool] | None:
+    """((shop_id, code, pct, free_shipping, expires_at), claimed before) of the plan row's code;
+    None when no code fits.
 
     Inside a savepoint, so that a caller's transaction survives a lost race (or any error here)."""
     with conn.cursor() as cur:
@@ -161,15 +166,17 @@ def _claim(conn, params: dict) -> tuple | None:
         try:
             cur.execute(_CLAIMED, (params["plan_key"],))
             row = cur.fetchone()
-            if row is None:
+            if row is not None:
+                row = (row, True)
+            else:
                 cur.execute(_CLAIM, params)
                 claimed = cur.fetchone()
-                row = (params["shop_id"], *claimed) if claimed else None
+                row = ((params["shop_id"], *claimed), False) if claimed else None
         except psycopg2.errors.UniqueViolation:
             # A concurrent claim for the same plan row committed first: return what it claimed.
             cur.execute("rollback to savepoint coupon_claim")
             cur.execute(_CLAIMED, (params["plan_key"],))
-            row = cur.fetchone()
+            row = (cur.fetchone(), True)
         except psycopg2.Error:
             with contextlib.suppress(psycopg2.Error):
                 cur.execute("rollback to savepoint coupon_claim")

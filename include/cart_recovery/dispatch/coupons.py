@@ -186,8 +186,8 @@ class _ApiIssuer(CouponIssuer):
             raise CouponError(f"{self.shop.id}: unreadable answer creating coupon {code}: {exc!r}") from exc
 
 
-def _matches(existing: Coupon, pct: Decimal, free_shipping: bool, code: str, shop_id: str, now: datetime):
-    """The coupon a retry found is this plan row's only when its terms are the ones asked for."""
+def reusable(existing: Coupon, pct: Decimal, free_shipping: bool, code: str, shop_id: str, now: datetime):
+    """The coupon a retry found, when its terms are the ones asked for and it is still valid."""
     if existing.pct != pct or existing.free_shipping != free_shipping:
         raise CouponError(
             f"{shop_id}: code {code} already exists with other terms ({existing.pct}% off, free shipping "
@@ -337,7 +337,7 @@ class ShopifyCouponClient(ShopifyClient):
             existing = self.existing(code)
             if existing is not None:
                 try:
-                    reused = _matches(
+                    reused = reusable(
                         existing,
                         pct if kind == "percentage" else Decimal("0.00"),
                         kind == "free_shipping",
@@ -411,7 +411,7 @@ class WooCommerceCouponClient(WooCommerceClient):
                     platform_response=str(refused),
                 ) from refused
             log.info("%s: coupon %s exists already (a retry of %s): reused", self.shop.id, code, plan_key)
-            return _matches(existing, pct, free_shipping, code, self.shop.id, now)
+            return reusable(existing, pct, free_shipping, code, self.shop.id, now)
 
 
 class WooCommerceCoupons(_ApiIssuer):

@@ -7,6 +7,7 @@ cart-recovery env                  the environment as shell exports
 cart-recovery bench [NAME ...]     benchmarks (what `make bench` runs), JSON in bench/results/
 cart-recovery simulate [--seed N] [--port P]  fake shop APIs for the demo and the tests
 cart-recovery webhooks [--host 127.0.0.1] [--port 8081]  the webhook service (FastAPI, uvicorn)
+cart-recovery coupons load --shop ID FILE.csv | status   the coupon code pool (Ideasoft, Ticimax)
 cart-recovery airflow <args>       the Airflow CLI with the project's environment
 cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
 """
@@ -99,6 +100,15 @@ def _webhooks(args: argparse.Namespace) -> int:
             database.ensure_databases()
             migrate.upgrade(database.url)
         return serve(host=args.host, port=args.port, database_url=database.url, workers=args.workers)
+
+
+def _coupons(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from cart_recovery.dispatch import coupon_pool
+
+    with running_database() as database:
+        return coupon_pool.run(args, database.url, now=datetime.now(UTC))
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -314,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     webhooks.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     webhooks.set_defaults(handler=_webhooks)
+
+    from cart_recovery.dispatch import coupon_pool
+
+    coupons = commands.add_parser(
+        "coupons", help="the coupon code pool of shops without a coupon API (Ideasoft, Ticimax)"
+    )
+    coupon_pool.add_arguments(coupons)
+    coupons.set_defaults(handler=_coupons)
 
     for tool in ("airflow", "dbt"):
         sub = commands.add_parser(

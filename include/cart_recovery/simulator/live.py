@@ -24,7 +24,8 @@ import httpx
 from faker import Faker
 
 from cart_recovery.shops import Platform
-from cart_recovery.simulator.data import Cart, LineItem, Order, ShopData
+from cart_recovery.simulator.coupons import CouponRefused, place_order
+from cart_recovery.simulator.data import Cart, LineItem, ShopData
 from cart_recovery.simulator.server import Simulator
 from cart_recovery.simulator.webhooks import Delivery, delivery, send
 
@@ -94,20 +95,17 @@ class LiveActivity:
         )
 
     def _complete(self, data: ShopData, cart: Cart, now: datetime) -> None:
-        cart.completed_at = now
-        cart.updated_at = now
-        order = Order(
-            id=_ID_BASE + _serial(now),
-            customer=cart.customer,
-            email=cart.email,
-            phone=cart.phone,
-            cart=cart,
-            currency=cart.currency,
-            total=cart.total,
-            coupon_code=None,
-            created_at=now,
-            updated_at=now,
-        )
+        """An order for ``cart``; a shopper who was sent a code (the recovery coupon) uses it about
+        half the time, which redeems it in the shop's coupon book."""
+        book = self.simulator.state.coupon_book(data.shop.id)
+        customer_id = cart.customer.id if cart.customer else None
+        usable = book.usable(email=cart.email, customer_id=customer_id, at=now)
+        code = self._rng.choice(usable).code if usable and self._rng.random() < 0.5 else None
+        try:
+            order = place_order(book, cart, order_id=_ID_BASE + _serial(now), at=now, coupon_code=code)
+        except CouponRefused:  # used up by a concurrent order since: pay full price
+            order = place_order(book, cart, order_id=_ID_BASE + _serial(now), at=now)
+        self.counts["coupon_redeemed" if order.coupon_code else "order_without_coupon"] += 1
         data.orders.append(order)
         self._deliver(data, order, created=True)
 

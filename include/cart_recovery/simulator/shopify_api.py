@@ -1,9 +1,10 @@
 """Fake Shopify Admin API: GraphQL ``abandonedCheckouts``, ``customers``, ``orders``, ``products``.
 
 Only the parts of GraphQL the poller uses are understood: the root field, and the ``first``,
-``after`` and ``query`` arguments passed as variables (or inline). Nodes always carry the full set
-of fields below, whatever the selection set asks for. Checkout webhooks use the REST shape
-(``rest_checkout``), as Shopify's do.
+``after`` and ``query`` arguments passed as variables (or inline); ``customers`` also filters on
+``email:`` (the coupon client's customer lookup). Nodes always carry the full set of fields
+below, whatever the selection set asks for. Checkout webhooks use the REST shape
+(``rest_checkout``), as Shopify's do. Discount codes live in ``shopify_discounts.py``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cart_recovery.shops import Platform
+from cart_recovery.simulator import shopify_discounts
 from cart_recovery.simulator.data import Cart, Customer, Order, Product, ShopData, iso
-from cart_recovery.simulator.state import SimulatorState
+from cart_recovery.simulator.state import SimulatorState, in_window
 
 API_VERSION = "2024-10"
 _ROOT_FIELD = re.compile(r"\b(abandonedCheckouts|customers|orders|products)\s*\(")
 _INLINE_ARG = re.compile(r"\b(first|after|query)\s*:\s*(\"(?:[^\"\\]|\\.)*\"|\d+|\$\w+)")
 _FILTER = re.compile(r"updated_at:(>=|<=|>|<)\s*'?([0-9T:.+\-Z]+)'?")
+_EMAIL_FILTER = re.compile(r"""\bemail:\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s()]+))""")
 MAX_PAGE = 250
 
 
@@ -231,15 +234,26 @@ def _connection(state: SimulatorState, data: ShopData, field_name: str, args: di
     since, until, exclusive = _window(args.get("query"))
     first = min(int(args.get("first") or 50), MAX_PAGE)
     start = 0 if state.knobs.ignore_paging else _offset(args.get("after"))
-    chosen = state.listing(
-        (shop.id, field_name),
-        lambda: records,
-        _updated_at,
-        since,
-        until,
-        exclusive_since=exclusive,
-        first_page=start == 0,
-    )
+    email = _EMAIL_FILTER.search(args.get("query") or "") if field_name == "customers" else None
+    if email is not None:  # a customer looked up by email (the coupon client does): case-insensitive
+        wanted = next(g for g in email.groups() if g is not None).replace('\\"', '"').casefold()
+        chosen = in_window(
+            (c for c in data.customers if (c.email or "").casefold() == wanted),
+            _updated_at,
+            since,
+            until,
+            exclusive_since=exclusive,
+        )
+    else:
+        chosen = state.listing(
+            (shop.id, field_name),
+            lambda: records,
+            _updated_at,
+            since,
+            until,
+            exclusive_since=exclusive,
+            first_page=start == 0,
+        )
     window = chosen[start : start + first]
     edges = [{"cursor": _cursor(start + n + 1), "node": render(r)} for n, r in enumerate(window)]
     return {
@@ -271,6 +285,13 @@ def router(state: SimulatorState) -> APIRouter:
         except (ValueError, KeyError, TypeError):
             return JSONResponse(
                 {"errors": [{"message": "Parse error: expected a JSON body with query"}]}, status_code=400
+            )
+        discount = shopify_discounts.ROOT_FIELD.search(query)
+        if discount is not None:
+            return JSONResponse(
+                shopify_discounts.answer(
+                    state, data, discount.group(1), query[discount.end() :], body.get("variables") or {}
+                )
             )
         match = _ROOT_FIELD.search(query)
         if match is None:

@@ -13,6 +13,7 @@ from fastapi import HTTPException
 from fastapi.responses import Response
 
 from cart_recovery.shops import Platform
+from cart_recovery.simulator.coupons import CouponBook
 from cart_recovery.simulator.data import ShopData
 from cart_recovery.simulator.whatsapp_api import WhatsAppState
 
@@ -32,6 +33,9 @@ class Knobs:
     # Every page runs the query again, as a real API's offset paging does: a record changed while
     # its listing is read moves to the end (and the records after it shift back by one).
     live_listings: bool = False
+    # API credentials with read access only: writes (coupon creation) are refused as the platforms
+    # refuse them (Shopify ACCESS_DENIED without write_discounts, WooCommerce 403 for a read key).
+    read_only_keys: bool = False
 
 
 @dataclass
@@ -43,6 +47,12 @@ class SimulatorState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Listings being paged through: (shop, listing, window) -> the matching records, oldest first.
     _listings: OrderedDict = field(default_factory=OrderedDict)
+    # Coupons created through the fake APIs, per shop (see ``coupons.py``).
+    coupons: dict[str, CouponBook] = field(default_factory=dict)
+
+    def coupon_book(self, shop_id: str) -> CouponBook:
+        with self._lock:
+            return self.coupons.setdefault(shop_id, CouponBook())
 
     def shop(self, shop_id: str, platform: Platform) -> ShopData:
         data = self.shops.get(shop_id)

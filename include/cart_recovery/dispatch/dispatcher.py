@@ -106,17 +106,32 @@ def dispatch_due(
             summary.leases_expired = outbox.expire_leases(cursor, now, settings)
             summary.enqueued = outbox.enqueue_due(cursor, stage, now, settings)
         no_coupon_templates = _no_coupon_templates(conn, stage)
-        asyncio.run(_run(conn, stage, now, settings, claimer, summary, channels, shops, no_coupon_templates))
+        asyncio.run(
+            _run(
+                conn,
+                database_url,
+                stage,
+                now,
+                settings,
+                claimer,
+                summary,
+                channels,
+                shops,
+                no_coupon_templates,
+            )
+        )
     finally:
         conn.close()
     log.info("stage %s as of %s: %s", stage, now.isoformat(), summary.as_dict())
     return summary
 
 
-async def _run(conn, stage, now, settings, claimer, summary, channels, shops, no_coupon_templates) -> None:
+async def _run(
+    conn, database_url, stage, now, settings, claimer, summary, channels, shops, no_coupon_templates
+) -> None:
     clock = Clock(now)
-    channels = channels or _channels_from_connections()
     shops = shops if shops is not None else _shops()
+    channels = channels or channels_from_connections(database_url, shops)
     contacted: dict[str, datetime] = {}
     semaphore = asyncio.Semaphore(CONCURRENCY)
     try:
@@ -166,9 +181,7 @@ async def _send(
     try:
         shop = shops.get(facts["shop_id"])
         coupon = await _coupon(facts, shop, clock, settings, channels, notes)
-        template = facts["template"]
-        if coupon is None and _offers_coupon(facts):
-            template = no_coupon_templates.get(facts["language"] or "en", template)
+        template = _template(facts, coupon, no_coupon_templates)
         context = _context(facts, shop, template, coupon, channel)
     except Exception as exc:  # nothing was sent: a clear failure, not a retry loop
         log.exception("plan row %s could not be prepared", row.plan_key)
@@ -282,6 +295,23 @@ async def _send_email(context: MessageContext, recipient: str, channels: Channel
     return result, context.template, content.text
 
 
+def _template(facts: Mapping[str, Any], coupon: Coupon | None, no_coupon_templates: Mapping[str, str]) -> str:
+    """The plan's template, unless the coupon came out differently from what the plan offered.
+
+    No coupon (creation failed, or its validity ended before the next sale): the stage's
+    template without a coupon. A coupon without the free shipping the template promises (a
+    Shopify code is one kind of discount): the coupon template without that promise.
+    """
+    from cart_recovery.dispatch.templates import FREE_SHIPPING_TEMPLATES
+
+    template = facts["template"]
+    if coupon is None and _offers_coupon(facts):
+        return no_coupon_templates.get(facts["language"] or "en", template)
+    if coupon is not None and not coupon.free_shipping and template in FREE_SHIPPING_TEMPLATES:
+        return template.replace("_last_chance_", "_coupon_")
+    return template
+
+
 def _offers_coupon(facts: Mapping[str, Any]) -> bool:
     return bool((facts["coupon_pct"] or 0) > 0 or facts["free_shipping"])
 
@@ -309,6 +339,7 @@ async def _coupon(facts, shop, clock, settings, channels, notes) -> Coupon | Non
             Decimal(facts["coupon_pct"] or 0),
             bool(facts["free_shipping"]),
             expires_at,
+            now=now,
         )
     except Exception as exc:  # sent without a coupon, recorded (the issue's rule)
         log.warning("coupon for %s not created: %s", facts["plan_key"], exc)
@@ -378,16 +409,24 @@ def _shops() -> dict[str, Any]:
     return {shop.id: shop for shop in load_shops()}
 
 
-def _channels_from_connections() -> Channels:
+def channels_from_connections(database_url: str, shops: Mapping[str, Any] | None = None) -> Channels:
+    """WhatsApp, email and each shop's coupon issuer (one per shop, reused) from the connections."""
     from cart_recovery.dispatch.coupons import issuer_for
     from cart_recovery.dispatch.email import EmailSender
     from cart_recovery.dispatch.whatsapp import WhatsAppClient
 
-    shops = _shops()
+    shops = shops if shops is not None else _shops()
+    issuers: dict[str, Any] = {}
+
+    def coupons(shop_id: str):
+        if shop_id not in issuers:
+            issuers[shop_id] = issuer_for(shops[shop_id], database_url)
+        return issuers[shop_id]
+
     return Channels(
         whatsapp=WhatsAppClient.from_connection(),
         email=EmailSender.from_connection(),
-        coupons=lambda shop_id: issuer_for(shops[shop_id]),
+        coupons=coupons,
     )
 
 

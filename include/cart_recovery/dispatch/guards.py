@@ -12,8 +12,10 @@ hundreds of rows costs a few scans, not one per row); ``evaluate`` turns one row
 
 Orders and carts that landed after the last build are matched on the person's contacts found
 anywhere in their payloads (an email, or the last ten digits of a phone number), because the
-platforms nest them differently and the raw layer is not parsed yet. This errs on the side of
-not sending: a raw order that mentions the person stops the episode.
+platforms nest them differently and the raw layer is not parsed yet; their own time (when
+ordered, when the cart changed) comes from ``ops.raw_event_time``, which reads it as the
+staging models do. This errs on the side of not sending: a raw order that mentions the person,
+placed after the cart was created (or with no readable time), stops the episode.
 """
 
 from __future__ import annotations
@@ -102,19 +104,19 @@ built_orders as (
     from facts
     inner join intermediate.int_orders_unioned as orders
         on orders.shop_id = facts.shop_id and orders.customer_platform_id = facts.customer_platform_id
-    where orders.is_placed and orders.ordered_at >= facts.cart_created_at
+    where orders.is_placed and orders.ordered_at between facts.cart_created_at and %(now)s
     union
     select facts.plan_key
     from facts
     inner join intermediate.int_orders_unioned as orders
         on orders.shop_id = facts.shop_id and orders.email = facts.email
-    where orders.is_placed and orders.ordered_at >= facts.cart_created_at
+    where orders.is_placed and orders.ordered_at between facts.cart_created_at and %(now)s
     union
     select facts.plan_key
     from facts
     inner join intermediate.int_orders_unioned as orders
         on orders.shop_id = facts.shop_id and orders.phone = facts.phone
-    where orders.is_placed and orders.ordered_at >= facts.cart_created_at
+    where orders.is_placed and orders.ordered_at between facts.cart_created_at and %(now)s
 ),
 
 watermarks as (
@@ -125,27 +127,34 @@ watermarks as (
             - %(margin)s::interval as carts_landed
 ),
 
-fresh_raw as (
+fresh_landed as (
     -- what landed since the last build: not parsed by dbt yet
-    select 'order' as entity, polled.shop_id, polled.fetched_at as landed_at, polled.payload
+    select 'order' as entity, polled.platform, polled.shop_id, polled.payload
     from raw.polled_records as polled, watermarks
     where polled.entity = 'order' and polled.fetched_at > watermarks.orders_landed
     union all
-    select 'cart', polled.shop_id, polled.fetched_at, polled.payload
+    select 'cart', polled.platform, polled.shop_id, polled.payload
     from raw.polled_records as polled, watermarks
     where polled.entity = 'cart' and polled.fetched_at > watermarks.carts_landed
     union all
     select
         case when events.topic = any(%(order_topics)s) then 'order' else 'cart' end,
-        events.shop_id, events.received_at, events.payload
+        events.platform, events.shop_id, events.payload
     from raw.webhook_events as events, watermarks
     where (events.topic = any(%(order_topics)s) and events.received_at > watermarks.orders_landed)
         or (events.topic = any(%(cart_topics)s) and events.received_at > watermarks.carts_landed)
 ),
 
+fresh_raw as (
+    -- each with its own time (when ordered, when the cart last changed); unreadable: now
+    select entity, shop_id, payload,
+        coalesce(ops.raw_event_time(platform, entity, payload), %(now)s) as event_at
+    from fresh_landed
+),
+
 fresh_contacts as (
     -- every email and phone-like value in those payloads
-    select distinct fresh_raw.entity, fresh_raw.shop_id, fresh_raw.landed_at, contact.token
+    select distinct fresh_raw.entity, fresh_raw.shop_id, fresh_raw.event_at, contact.token
     from fresh_raw
     cross join lateral (
         select case
@@ -164,8 +173,9 @@ fresh_matches as (
     inner join fresh_contacts
         on fresh_contacts.shop_id = facts.shop_id
         and fresh_contacts.token in (facts.email, nullif(facts.phone_tail, ''))
-    where (fresh_contacts.entity = 'order' and fresh_contacts.landed_at >= facts.cart_created_at)
-        or (fresh_contacts.entity = 'cart' and fresh_contacts.landed_at > facts.last_activity_at)
+    where (fresh_contacts.entity = 'order'
+            and fresh_contacts.event_at between facts.cart_created_at and %(now)s)
+        or (fresh_contacts.entity = 'cart' and fresh_contacts.event_at > facts.last_activity_at)
 )
 
 select

@@ -47,18 +47,16 @@ def build_stage_dag(stage: int, doc_md: str | None = None):
         @task(inlets=[Asset(ASSET_RECOVERY_PLAN)])
         def send_due(event: dict[str, Any]) -> dict[str, Any]:
             """Guards, coupons and sends for the rows due at the trigger's moment; counts by outcome."""
-            from airflow.providers.postgres.hooks.postgres import PostgresHook
-
             from cart_recovery.dispatch.dispatcher import dispatch_due
+            from cart_recovery.ingest import warehouse_url
 
             context = get_current_context()
             ti = context["ti"]
             claimer = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}"
-            url = PostgresHook(postgres_conn_id=settings.WAREHOUSE_CONN_ID).get_uri()
             summary = dispatch_due(
                 stage,
                 pendulum.parse(event["now"]),
-                database_url=url.replace("postgres://", "postgresql://", 1),
+                database_url=warehouse_url(settings.WAREHOUSE_CONN_ID),
                 claimer=claimer,
             )
             return summary.as_dict()

@@ -22,10 +22,10 @@ from psycopg2.extras import RealDictCursor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dbt"))
 
-from dbt_raw_rows import run_dbt  # noqa: E402
-from polling_helpers import INTERVAL_END  # noqa: E402
+from dbt_raw_rows import run_dbt
+from polling_helpers import INTERVAL_END
 
-from cart_recovery.simulator import run_simulator  # noqa: E402
+from cart_recovery.simulator import run_simulator
 
 pytestmark = pytest.mark.slow
 

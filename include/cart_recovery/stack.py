@@ -209,14 +209,32 @@ def demo_shops(
 
     Yields the environment that points the pipeline at them: the shops file it wrote (in
     ``state``, the Airflow home's ``demo/`` folder) and the ``AIRFLOW_CONN_*`` connections of
-    each shop. ``every_s`` is the mean time between two changes by the live shoppers (0: none).
+    each shop, of the simulator's fake WhatsApp Cloud API (its status callbacks go to the webhook
+    service) and of its SMTP sink, so the stage DAGs send somewhere you can look. The click and
+    unsubscribe links point at the webhook service, signed with a secret kept in ``state``.
+    ``every_s`` is the mean time between two changes by the live shoppers (0: none).
     """
+    import secrets
+
     from cart_recovery.shops import SHOPS_FILE_ENV
     from cart_recovery.simulator import run_simulator
     from cart_recovery.simulator.live import LiveActivity, pinned_reference_time
 
     reference = pinned_reference_time(state / "reference_time")
-    with run_simulator(seed=1, carts_per_shop=carts_per_shop, reference_time=reference) as simulator:
+    with run_simulator(
+        seed=1, carts_per_shop=carts_per_shop, reference_time=reference, smtp=True
+    ) as simulator:
+        if webhook_url:
+            simulator.whatsapp.set_webhook(f"{webhook_url}/webhooks/whatsapp")
+        secret_file = state / "link_secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(32))
+            secret_file.chmod(0o600)
+        links = {
+            "CART_RECOVERY_LINK_SECRET": os.environ.get("CART_RECOVERY_LINK_SECRET")
+            or secret_file.read_text().strip(),
+            "CART_RECOVERY_PUBLIC_URL": os.environ.get("CART_RECOVERY_PUBLIC_URL") or (webhook_url or ""),
+        }
         shops_file = state / "shops.yaml"
         shops_file.write_text(
             "# DEMO SHOPS served by the shop simulator inside `make up` (rewritten at every start).\n"
@@ -231,6 +249,7 @@ def demo_shops(
                 SHOPS_FILE_ENV: str(shops_file),
                 "CART_RECOVERY_DEMO_SHOPS": "1",
                 **simulator.connection_env(),
+                **{name: value for name, value in links.items() if value},
             }
         finally:
             live.stop()

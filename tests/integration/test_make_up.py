@@ -12,6 +12,8 @@ backfill runs it checks, the test only watches, through the REST API and the war
   succeed,
 - with ``cart_ingest`` paused, a cart sent by webhook (signed as the platform signs it) reaches
   ``marts.recovery_plan`` through a build that the webhook watcher's Asset event started,
+- its stage-1 message goes out from a scheduled ``recovery_stage_1`` run through the simulator's
+  fake WhatsApp API, and the fake's status callbacks mark it delivered in ``ops.recovery_outbox``,
 
 then sends Ctrl-C and checks that every process stopped. It uses its own databases
 (``<test db>_e2e``), Airflow home and ports, so it never meets the other tests' data.
@@ -49,7 +51,8 @@ def stack(database, dbt_manifest, tmp_path) -> Iterator[UpProcess]:
         db_url=stack_database.url,
         airflow_home=tmp_path / "airflow",
         # The demo shops, with their live shoppers off: every webhook here is the test's own.
-        env_overrides={"CART_RECOVERY_DEMO_ACTIVITY_S": "0"},
+        # Quiet hours off: the stage DAGs must send whatever the hour of the run in Istanbul.
+        env_overrides={"CART_RECOVERY_DEMO_ACTIVITY_S": "0", "CART_RECOVERY_QUIET_HOURS": "off"},
         args=["--demo"],
     ).start()
     try:
@@ -205,7 +208,31 @@ def test_make_up_runs_the_pipeline_under_the_scheduler(stack: UpProcess):
 
     assert stack.wait_for(watcher_builds, 300, "the build started by the webhook watcher")
 
-    # 5. Ctrl-C stops everything it started, the running tasks first.
+    # 5. The stage DAGs send under the scheduler: the webhook cart's stage 1 (due 90 minutes ago)
+    # goes out from a scheduled recovery_stage_1 run through the simulator's fake WhatsApp API,
+    # whose signed status callbacks, through the webhook service, mark it delivered and read.
+    def webhook_cart_delivered():
+        rows = stack.query(
+            "select outbox.status, outbox.channel, outbox.provider_message_id, outbox.rendered_text "
+            "from ops.recovery_outbox as outbox join marts.abandoned_carts as carts using (cart_key) "
+            "where carts.email = %s and outbox.stage = 1",
+            "ayse.e2e@example.com",
+        )
+        return rows and rows[0][0] in ("delivered", "read") and rows[0]
+
+    status, channel, message_id, text = stack.wait_for(
+        webhook_cart_delivered, 240, "the webhook cart's stage 1 sent and delivered"
+    )
+    assert channel == "whatsapp" and message_id.startswith("wamid."), (status, channel, message_id)
+    assert "Ayşe" in text and "Keten Gömlek" in text and f"{stack.webhook_url}/r/" in text
+    sent_by = stack.succeeded_runs("recovery_stage_1", "scheduled")
+    assert sent_by, "a scheduled (continuous) recovery_stage_1 run sent it"
+    print(
+        f"webhook cart's stage 1 {status} "
+        f"{(datetime.now(UTC) - sent_at).total_seconds():.0f} s after the cart was sent"
+    )
+
+    # 6. Ctrl-C stops everything it started, the running tasks first.
     children = psutil.Process(stack.process.pid).children(recursive=True)
     assert len(children) >= 5  # api-server, scheduler, dag-processor, triggerer, webhooks (and workers)
     assert stack.stop() == 0, stack.output()

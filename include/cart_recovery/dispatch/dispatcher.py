@@ -98,7 +98,10 @@ def dispatch_due(
     shops: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Send the stage's due messages as of ``now``; returns what happened, by outcome."""
+    from cart_recovery.dispatch.links import LinkSigner
+
     settings = settings or DispatchSettings.from_env()
+    LinkSigner.from_env()  # a missing link secret or public URL fails here, before any row is claimed
     summary = Summary(stage=stage, now=now.isoformat())
     conn = psycopg2.connect(database_url)
     try:

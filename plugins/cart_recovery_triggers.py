@@ -1,5 +1,8 @@
 """Custom triggers of the cart-recovery project (the triggerer loads them from ``plugins/``).
 
+- ``WebhookEventsTrigger``: the Asset watcher that starts ``cart_transform`` on new webhooks;
+- ``DuePlanTrigger``: what the stage DAGs' ``wait_for_due`` sensor defers to (below).
+
 ``WebhookEventsTrigger`` watches ``raw.webhook_events`` for the Asset
 ``cart-recovery://warehouse/raw/webhook_events``: when a shop webhook lands that the last
 ``cart_transform`` build has not seen, it fires an Asset event, and ``cart_transform`` (scheduled

@@ -18,6 +18,7 @@ import pytest
 from psycopg2.extras import Json, RealDictCursor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow puts it on the path
 
 from dbt_raw_rows import run_dbt, shopify_customer, shopify_order
 from recovery_story import AS_OF, story
@@ -303,3 +304,74 @@ def test_a_row_left_sending_becomes_unknown_and_is_never_claimed_again(url):
         (claimed,),
     )
     assert statuses == [{"status": "unknown", "n": len(claimed)}]
+
+
+def _first_event(trigger):
+    import asyncio
+
+    async def first():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(asyncio.wait_for(first(), timeout=30))
+
+
+def test_the_stage_trigger_fires_when_rows_are_due_and_answers_idle_otherwise(url, monkeypatch):
+    from cart_recovery_triggers import DuePlanTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_CART_RECOVERY_WAREHOUSE", url)
+    lookback = SETTINGS.lookback.total_seconds()
+    due = _first_event(DuePlanTrigger(stage=1, as_of=NOW.isoformat(), lookback_seconds=lookback))
+    earliest = min(row["due_at"] for row in due_plan(url, 1))
+    assert (due["status"], due["due_at"]) == ("due", earliest.isoformat())
+    # before the first row falls due: idle, and it says when the next one is
+    before = earliest - timedelta(minutes=1)
+    idle = _first_event(DuePlanTrigger(stage=1, as_of=before.isoformat(), lookback_seconds=lookback))
+    assert (idle["status"], idle["next_due_at"]) == ("idle", earliest.isoformat())
+    # once every due row is in the outbox (and none is queued), nothing is due any more
+    claim_all(url, 1)
+    execute(url, "update ops.recovery_outbox set status = 'suppressed' where status = 'queued'")
+    done = _first_event(DuePlanTrigger(stage=1, as_of=NOW.isoformat(), lookback_seconds=lookback))
+    assert done["status"] == "idle"
+    # it survives a restart of the triggerer: it serializes to what rebuilds it
+    path, kwargs = DuePlanTrigger(stage=2, poll_interval=5).serialize()
+    assert path == "cart_recovery_triggers.DuePlanTrigger"
+    assert DuePlanTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("model", "id_column", "time_column", "entity"),
+    [
+        ("intermediate.int_orders_unioned", "source_order_id", "ordered_at", "order"),
+        ("intermediate.int_carts_unioned", "source_cart_id", "updated_at", "cart"),
+    ],
+)
+def test_raw_event_time_reads_payloads_as_the_staging_models_do(url, model, id_column, time_column, entity):
+    """The guard reads raw rows landed after the build with ops.raw_event_time: it must agree
+    with the time dbt's staging made of the same rows, for every platform of the story."""
+    from cart_recovery.dispatch.guards import CART_TOPICS, ORDER_TOPICS
+
+    topics = list(ORDER_TOPICS if entity == "order" else CART_TOPICS)
+    compared = rows(
+        url,
+        f"""
+        select built.platform, built.{id_column} as record_id, built.{time_column} as built_time,
+            array(
+                select distinct ops.raw_event_time(raw_rows.platform, %s, raw_rows.payload)
+                from (
+                    select platform, payload from raw.polled_records
+                    where shop_id = built.shop_id and entity = %s and record_id = built.{id_column}
+                    union all
+                    select platform, payload from raw.webhook_events
+                    where shop_id = built.shop_id and topic = any(%s) and payload->>'id' = built.{id_column}
+                ) as raw_rows
+            ) as raw_times
+        from {model} as built
+        """,
+        (entity, entity, topics),
+    )
+    # the story has carts of every platform, and orders of all but Ticimax
+    expected_platforms = {"shopify", "woocommerce", "ideasoft"} | ({"ticimax"} if entity == "cart" else set())
+    assert {row["platform"] for row in compared} >= expected_platforms
+    disagreeing = [row for row in compared if row["built_time"] not in row["raw_times"]]
+    assert disagreeing == []

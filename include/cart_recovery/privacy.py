@@ -104,7 +104,21 @@ SHOP_DATA_TABLES: tuple[str, ...] = (
     "ops.validation_runs",
     "ops.ingest_watermarks",
     "ops.data_exports",
+    "ops.recovery_outbox",
+    "ops.coupon_pool",
 )
+
+# The messages sent to the customer (ops.recovery_outbox) by the address they went to, and the
+# WhatsApp conversation of their phone (ops.conversations: one business number serves every shop).
+_OUTBOX_WHERE = """
+    o.shop_id = %(shop_id)s and (
+        lower(o.recipient) = any (%(emails)s::text[])
+        or right(regexp_replace(coalesce(o.recipient, ''), '[^0-9]', '', 'g'), 10)
+            = any (%(phone_tails)s::text[]))
+"""
+_CONVERSATIONS_WHERE = """
+    right(regexp_replace(c.address, '[^0-9]', '', 'g'), 10) = any (%(phone_tails)s::text[])
+"""
 
 
 def record_request(
@@ -295,6 +309,17 @@ def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[s
         params,
     )
     exports = cur.rowcount
+    # What was sent keeps its facts (stage, status, times, template, coupon terms) for the
+    # programme's measurement, without the address, the text or the provider's answer. Consent
+    # revocations keep their address: honouring an opt-out needs it (docs/dispatch.md).
+    cur.execute(
+        "update ops.recovery_outbox o set recipient = null, rendered_text = null, provider_response = null, "
+        f"cart_url = null, error = null where {_OUTBOX_WHERE}",
+        params,
+    )
+    messages = cur.rowcount
+    cur.execute(f"delete from ops.conversations c where {_CONVERSATIONS_WHERE}", params)
+    conversations = cur.rowcount
     # The privacy requests about this customer (this one included) keep their audit facts only.
     cur.execute(
         "update ops.privacy_requests set payload = ops.jsonb_redact(payload, %(personal_keys)s::text[]) "
@@ -309,6 +334,8 @@ def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[s
         "quarantine_redacted": quarantined,
         "quarantine_merged": merged,
         "data_exports_deleted": exports,
+        "recovery_messages_redacted": messages,
+        "conversations_deleted": conversations,
         "privacy_requests_redacted": cur.rowcount,
     }
 
@@ -393,6 +420,21 @@ def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Tar
         params,
     )
     quarantined = cur.fetchone()[0]
+    cur.execute(
+        f"""
+        select coalesce(jsonb_agg(jsonb_build_object(
+                   'stage', o.stage, 'channel', o.channel, 'recipient', o.recipient,
+                   'status', o.status, 'reason', o.reason, 'template', o.template,
+                   'rendered_text', o.rendered_text, 'coupon_code', o.coupon_code,
+                   'sent_at', o.sent_at, 'delivered_at', o.delivered_at, 'read_at', o.read_at,
+                   'clicked_at', o.clicked_at, 'replied_at', o.replied_at)
+                   order by o.outbox_id), '[]')
+        from ops.recovery_outbox o
+        where {_OUTBOX_WHERE}
+        """,
+        params,
+    )
+    messages = cur.fetchone()[0]
     now = datetime.now(UTC)
     export = {
         "shop_id": target.shop_id,
@@ -401,6 +443,7 @@ def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Tar
         "webhook_events": events,
         "polled_records": records,
         "quarantined_records": quarantined,
+        "recovery_messages": messages,
     }
     cur.execute(
         """
@@ -421,6 +464,7 @@ def _data_request(cur: psycopg2.extensions.cursor, request_id: int, target: _Tar
         "webhook_events_exported": len(events),
         "polled_records_exported": len(records),
         "quarantine_exported": len(quarantined),
+        "recovery_messages_exported": len(messages),
     }
 
 
@@ -429,6 +473,8 @@ def _shop_redact(cur: psycopg2.extensions.cursor, shop_id: str) -> dict[str, int
     for table in SHOP_DATA_TABLES:
         cur.execute(f"delete from {table} where shop_id = %s", (shop_id,))  # table names are constants
         result[f"{table}_deleted"] = cur.rowcount
+    cur.execute("delete from ops.consent_revocations where shop_id = %s", (shop_id,))
+    result["ops.consent_revocations_deleted"] = cur.rowcount
     cur.execute(
         "update ops.privacy_requests set payload = ops.jsonb_redact(payload, %s::text[]) where shop_id = %s",
         (list(PERSONAL_KEYS), shop_id),

@@ -447,3 +447,64 @@ def test_shop_redact_deletes_quarantine_and_polling_bookkeeping(client, shops, d
     for table in ("ops.quarantine", "ops.ingest_watermarks", "ops.validation_runs"):
         assert fetch(db, f"select count(*) from {table} where shop_id = %s", shop_id) == [(0,)], table
     assert len(_quarantine(db, shops.woocommerce.id)) == 1
+
+
+def _message(db, shop_id: str, recipient: str, channel: str) -> str:
+    plan_key = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    with db.cursor() as cur:
+        cur.execute(
+            """
+            insert into ops.recovery_outbox (plan_key, cart_key, shop_id, platform, stage, channel,
+                template, status, planned_due_at, due_at, recipient, cart_url, rendered_text,
+                coupon_code, provider_response, sent_at, created_at, updated_at)
+            values (%s, %s, %s, 'shopify', 1, %s, 'cart_reminder_gentle_tr', 'sent', %s, %s, %s,
+                'https://shop.example/recover/1', 'Merhaba Ayşe, sepetindeki Keten Gömlek...',
+                'CRABC', '{"messages": [{"id": "wamid.x"}]}', %s, %s, %s)
+            """,
+            (plan_key, plan_key, shop_id, channel, now, now, recipient, now, now, now),
+        )
+    db.commit()
+    return plan_key
+
+
+def test_customers_redact_and_data_request_cover_the_messages_sent(client, shops, db):
+    """What dispatch holds about her (the messages and their addresses, her open conversation)
+    is exported on request and erased by customers/redact; the other customer's stays."""
+    shop_id = shops.shopify.id
+    hers = [
+        _message(db, shop_id, AYSE_E164, "whatsapp"),
+        _message(db, shop_id, AYSE["email"].lower(), "email"),
+    ]
+    other = _message(db, shop_id, OTHER["email"], "email")
+    with db.cursor() as cur:
+        cur.execute(
+            "insert into ops.conversations (channel, address, last_inbound_at, last_message_id) "
+            "values ('whatsapp', %s, now(), 'wamid.in') on conflict do nothing",
+            (AYSE_E164,),
+        )
+    db.commit()
+
+    _send(client, shops, "customers/data_request", _request(shops))
+    [(export,)] = fetch(db, "select export from ops.data_exports where shop_id = %s", shop_id)
+    assert sorted(m["recipient"] for m in export["recovery_messages"]) == sorted(
+        [AYSE_E164, AYSE["email"].lower()]
+    )
+    assert all("Keten Gömlek" in m["rendered_text"] for m in export["recovery_messages"])
+
+    _send(client, shops, "customers/redact", _request(shops))
+    rows = dict(
+        (key, rest)
+        for key, *rest in fetch(
+            db,
+            "select plan_key, recipient, rendered_text, provider_response, cart_url, status, coupon_code "
+            "from ops.recovery_outbox where plan_key = any(%s)",
+            [*hers, other],
+        )
+    )
+    for key in hers:
+        assert rows[key] == [None, None, None, None, "sent", "CRABC"]  # the facts stay for measurement
+    assert rows[other][0] == OTHER["email"]
+    assert fetch(db, "select count(*) from ops.conversations where address = %s", AYSE_E164) == [(0,)]
+    [(_t, _s, _a, result, _e, _p)] = [r for r in _requests(db, shop_id) if r[0] == "customers/redact"]
+    assert (result["recovery_messages_redacted"], result["conversations_deleted"]) == (2, 1)

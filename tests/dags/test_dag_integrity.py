@@ -61,3 +61,19 @@ def test_ingest_tasks_have_a_time_limit(dagbag):
     limits = {task.task_id: task.execution_timeout for task in dag.tasks}
     assert all(limits.values()), limits
     assert limits["poll_shop"] > limits["publish_raw"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_waits_deferred_then_sends(dagbag, stage):
+    """One DAG per stage (so each can be paused), always one run waiting in a deferrable sensor
+    for its stage's rows, then the send task, which has a time limit."""
+    from cart_recovery.dispatch.sensor import DuePlanSensor
+
+    dag = dagbag.dags[f"recovery_stage_{stage}"]
+    assert type(dag.timetable).__name__ == "ContinuousTimetable" and dag.max_active_runs == 1
+    sensor = dag.get_task("wait_for_due")
+    assert isinstance(sensor, DuePlanSensor) and sensor.stage == stage
+    send = dag.get_task("send_due")
+    assert send.upstream_task_ids == {"wait_for_due"}
+    assert send.execution_timeout is not None
+    assert [inlet.uri for inlet in send.inlets] == ["cart-recovery://warehouse/marts/recovery_plan"]

@@ -44,7 +44,9 @@ def build_stage_dag(stage: int, doc_md: str | None = None):
     def stage_dag():
         wait_for_due = DuePlanSensor(task_id="wait_for_due", stage=stage, as_of="{{ params.as_of }}")
 
-        @task(inlets=[Asset(ASSET_RECOVERY_PLAN)])
+        # A provider that hangs must not hold the stage for good (one run at a time); rows
+        # claimed by a timed-out try stay `sending` until their lease makes them `unknown`.
+        @task(inlets=[Asset(ASSET_RECOVERY_PLAN)], execution_timeout=pendulum.duration(minutes=30))
         def send_due(event: dict[str, Any]) -> dict[str, Any]:
             """Guards, coupons and sends for the rows due at the trigger's moment; counts by outcome."""
             from cart_recovery.dispatch.dispatcher import dispatch_due

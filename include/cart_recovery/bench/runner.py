@@ -37,11 +37,20 @@ def _live_pipeline(quick: bool) -> dict[str, Any]:
     return live_pipeline.main(quick=quick)
 
 
+def _stage_latency(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import stage_latency
+
+    if quick:
+        return stage_latency.main(episodes=100, spread_s=120, lead_s=240, quick=True)
+    return stage_latency.main()
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "dbt_incremental": _dbt_incremental,
     "webhook_ingest": _webhook_ingest,
     "polling_load": _polling_load,
     "live_pipeline": _live_pipeline,
+    "stage_latency": _stage_latency,
 }
 
 

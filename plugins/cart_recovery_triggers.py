@@ -116,6 +116,8 @@ class DuePlanTrigger(BaseTrigger):
         conn_url: str | None = None
         while True:
             now = datetime.fromisoformat(self.as_of) if self.as_of else datetime.now(UTC)
+            if now.tzinfo is None:
+                now = now.replace(tzinfo=UTC)  # a replay moment without an offset is UTC
             due: datetime | None = None
             try:
                 if conn_url is None:

@@ -48,6 +48,7 @@ def facts(**overrides):
         "last_inbound_at": None,
         "last_contact_at": None,
         "episode_messages": 0,
+        "last_episode_contact_at": None,
     }
     base.update(overrides)
     return base
@@ -65,6 +66,7 @@ def test_a_clean_row_is_sent_on_its_planned_channel_with_every_guard_recorded():
         "stage_cap",
         "conversation_open",
         "frequency_cap",
+        "stage_gap",
         "quiet_hours",
         "recovery_url_not_ready",
     }
@@ -128,6 +130,18 @@ def test_the_frequency_cap_counts_other_episodes_and_this_batch():
     )
     in_batch = evaluate(facts(), NOON_ISTANBUL, SETTINGS, contacted_in_batch=NOON_ISTANBUL)
     assert (in_batch.action, in_batch.reason) == ("defer", "frequency_cap")
+
+
+def test_an_episodes_stages_go_out_a_gap_apart_but_are_exempt_from_the_frequency_cap():
+    stage_one = NOON_ISTANBUL - timedelta(minutes=10)
+    verdict = evaluate(facts(last_episode_contact_at=stage_one), NOON_ISTANBUL, SETTINGS)
+    assert (verdict.action, verdict.reason, verdict.until) == (
+        "defer",
+        "stage_gap",
+        stage_one + SETTINGS.stage_gap,
+    )
+    later = NOON_ISTANBUL + SETTINGS.stage_gap
+    assert evaluate(facts(last_episode_contact_at=stage_one), later, SETTINGS).action == "send"
 
 
 def test_at_most_three_stages_per_episode():

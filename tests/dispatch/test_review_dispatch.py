@@ -1,8 +1,8 @@
-"""Review of ``dispatch_due`` and the stage trigger against a real dbt build: defects, as xfail tests.
+"""``dispatch_due`` and the stage trigger against a real dbt build: review findings, as regression tests.
 
 ``dispatch_due`` sends through the simulator's fake WhatsApp Cloud API and SMTP sink over loopback;
-the trigger (``DuePlanTrigger``) asks the real warehouse, as the triggerer runs it. Each test is
-``xfail(strict=True)`` with what goes wrong and the fix.
+the trigger (``DuePlanTrigger``) asks the real warehouse, as the triggerer runs it. Each test failed
+before its fix.
 """
 
 from __future__ import annotations
@@ -82,15 +82,6 @@ def rows(url: str, sql: str, params: tuple | dict = ()) -> list[dict]:
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_send renders the message (render_whatsapp / render_email) outside its try: a TemplateError "
-    "(here a checkout without line items: 'the cart's product title is empty') escapes asyncio.gather, "
-    "so no result of the chunk is recorded: every row claimed with it stays 'sending' (then 'unknown', "
-    "never sent) though its message may have gone out, coupons made for them are not recorded, and the "
-    "task fails. Fix: render inside the try (a 'failed'/'not_prepared' result for that row), and "
-    "gather(..., return_exceptions=True) so one row can never lose the chunk's answers.",
-)
 def test_one_cart_that_cannot_be_rendered_does_not_lose_the_chunk(url, sim):
     shops = {shop.id: shop for shop in sim.shop_models()}
     try:
@@ -118,14 +109,6 @@ def test_one_cart_that_cannot_be_rendered_does_not_lose_the_chunk(url, sim):
     assert summary.counts["sent"] >= 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DuePlanTrigger looks back a fixed 7 days (the sensor never passes the dispatcher's "
-    "CART_RECOVERY_DISPATCH_LOOKBACK_DAYS), while enqueue_due looks back the configured days: with a "
-    "shorter setting, plan rows due between the two are never enqueued yet always 'due' to the trigger, "
-    "so the @continuous DAG fires at once, sends nothing, and starts again: a busy loop. Fix: one "
-    "lookback, from DispatchSettings, in both (the sensor passes settings.lookback to the trigger).",
-)
 def test_the_trigger_goes_idle_once_the_dispatcher_has_taken_everything_it_would(url, monkeypatch):
     monkeypatch.setenv("CART_RECOVERY_DISPATCH_LOOKBACK_DAYS", "1")
     settings = DispatchSettings.from_env()
@@ -146,14 +129,6 @@ def test_the_trigger_goes_idle_once_the_dispatcher_has_taken_everything_it_would
     assert event["status"] == "idle", event
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a replay as_of without an offset ('2026-12-28T12:00:00', which the DAG's Param accepts: "
-    "format date-time is not checked without rfc3339-validator) is parsed naive by the trigger and "
-    "compared with the warehouse's aware due time: TypeError inside the triggerer, an unclear failure. "
-    "Fix: read a naive as_of as UTC (as pendulum.parse does in send_due) or refuse it with a clear "
-    "message in the sensor, before deferring.",
-)
 def test_a_replay_moment_without_an_offset_is_read_as_utc(url):
     from cart_recovery_triggers import DuePlanTrigger
 

@@ -1,7 +1,7 @@
-"""Review of the dispatch claims and records against a real dbt build: defects found, as xfail tests.
+"""Claims and records against a real dbt build: the defects an adversarial review found, kept as
+regression tests (each failed before its fix).
 
-Each test states what goes wrong and is marked ``xfail(strict=True)``: it fails today, and the
-fix makes it pass (then the mark must go). The plan comes from a real dbt build of the recovery
+Each test states what went wrong. The plan comes from a real dbt build of the recovery
 story plus the review's carts (``review_story.py``); status callbacks go through the webhook
 service's own funnel (``cart_recovery.webhooks.funnel``), consent through ``consent.revoke``.
 """
@@ -164,13 +164,6 @@ def record(url: str, result: outbox.Result, claimer: str = "review") -> int:
 # -- 1. the dispatcher's record against a status callback that got there first ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RECORD_SQL only updates rows in sending/unknown/delivered/read/failed: a 'sent' callback "
-    "that arrives before the dispatcher records Meta's answer moves the row to 'sent', and the record "
-    "then matches nothing: the coupon code, rendered text, template and Meta's answer are lost. "
-    "Fix: add 'sent' to the RECORD_SQL status list (the case already keeps the callback's status).",
-)
 def test_a_sent_callback_before_the_record_keeps_the_coupon_and_the_text(url):
     row = a_claimed_whatsapp_row(url)
     sent_at = NOW + timedelta(seconds=1)
@@ -206,13 +199,6 @@ def test_a_sent_callback_before_the_record_keeps_the_coupon_and_the_text(url):
     assert stored["provider_response"] == {"messages": [{"id": "wamid.review-sent-1"}]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RECORD_SQL keeps a callback's status only when the dispatcher's answer is 'sent': when the "
-    "send timed out (UNKNOWN) but Meta's 'delivered' already arrived (matched on the echoed plan_key), "
-    "the record moves the row back from delivered to unknown. Fix: status = the higher of the two in "
-    "funnel.STATUS_RANK order (never move a delivered/read/failed row back).",
-)
 def test_an_unknown_answer_does_not_move_a_delivered_row_back(url):
     row = a_claimed_whatsapp_row(url)
     meta_status(url, row, "wamid.review-delivered-1", "delivered", NOW + timedelta(seconds=2))
@@ -237,12 +223,6 @@ def test_an_unknown_answer_does_not_move_a_delivered_row_back(url):
     assert stored["provider_message_id"] == "wamid.review-delivered-1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RECORD_SQL overwrites error_code and error with the dispatcher's (null for an accepted "
-    "send): a 'failed' callback (131026, undeliverable) that arrived first keeps status failed but "
-    "loses why. Fix: error_code = coalesce(outbox.error_code, results.error_code), same for error.",
-)
 def test_a_failed_callback_before_the_record_keeps_its_error(url):
     row = a_claimed_whatsapp_row(url)
     meta_status(
@@ -294,13 +274,6 @@ def a_whatsapp_row_that_would_be_sent(url: str) -> dict:
     return row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the guard counts revocations with revoked_at <= now, and now is the trigger's moment, fixed "
-    "for the whole run (every chunk, and the Airflow retries 30 s later): a STOP that arrives after the "
-    "trigger fired but before the row is claimed is ignored and the WhatsApp message goes out. Fix: "
-    "count every recorded revocation (no upper bound on revoked_at), or bound by the claim's wall time.",
-)
 def test_a_stop_received_after_the_trigger_fired_is_honoured(url):
     row = a_whatsapp_row_that_would_be_sent(url)
     conn = psycopg2.connect(url)
@@ -312,12 +285,6 @@ def test_a_stop_received_after_the_trigger_fired_is_honoured(url):
     assert not (verdict.action == "send" and verdict.channel == "whatsapp"), verdict
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orders count only with ordered_at <= now (the trigger's moment): an order placed and landed "
-    "after the trigger fired but before the chunk is claimed does not stop the reminder. Fix: no upper "
-    "bound on the order's time (any order since the cart was created stops the episode).",
-)
 def test_an_order_placed_after_the_trigger_fired_stops_the_reminder(url):
     row = a_whatsapp_row_that_would_be_sent(url)
     ordered = NOW + timedelta(minutes=1)
@@ -337,14 +304,6 @@ def test_an_order_placed_after_the_trigger_fired_stops_the_reminder(url):
 # -- 3. the frequency cap and one WhatsApp number shared by every shop ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the frequency cap within one claim (the `contacted` map) and the advisory lock are keyed on "
-    "customer_key, which is per shop; last_contact_at matches other rows by recipient, but rows of the "
-    "same chunk are not visible yet. So one phone with a cart in two shops gets two WhatsApp messages "
-    "in one batch (one business number serves every shop). Fix: key `contacted` and the advisory "
-    "locks on the contacts (phone and email) as well as customer_key.",
-)
 def test_one_phone_with_carts_in_two_shops_gets_one_message_per_window(url):
     shopify = plan_row(url, SHOPIFY, SHARED_CHECKOUT, 1)
     woo = plan_row(url, WOO, SHARED_WOO_CART, 1)
@@ -359,13 +318,6 @@ def test_one_phone_with_carts_in_two_shops_gets_one_message_per_window(url):
 # -- 4. quiet hours release every deferred stage of one cart at once -----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quiet hours defer each stage to the same 09:00, and the frequency cap exempts the cart's "
-    "own stages, so stage 1 (gentle reminder) and stage 2 go out together the next morning. Fix: a "
-    "stage is not sent while a later stage of the same cart is due (expire/supersede the earlier one), "
-    "or space the stages of one episode (a minimum gap between them).",
-)
 def test_stages_deferred_over_one_night_are_not_sent_together_in_the_morning(url):
     quiet = DispatchSettings(lookback=timedelta(days=90))  # default 21:00-09:00 and a 6 h expiry
     first, second = plan_row(url, SHOPIFY, NIGHT_CHECKOUT, 1), plan_row(url, SHOPIFY, NIGHT_CHECKOUT, 2)

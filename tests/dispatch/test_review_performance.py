@@ -1,4 +1,4 @@
-"""Review of the claim's query cost as the tables grow: defects, as xfail tests.
+"""The claim's query cost as the tables grow (a review finding, kept as a regression test).
 
 The send-time facts (``guards.FACTS_SQL``) run once per chunk of claimed rows. A shop that has run
 for a year has hundreds of thousands of orders and outbox rows; the chunk's facts must then be
@@ -89,17 +89,6 @@ def seq_scans(plan: dict) -> set[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FACTS_SQL reads intermediate.int_orders_unioned, a view over the four staging order tables, "
-    "four times per chunk: watermarks' max(landed_at) through the view cannot use the landed_at indexes "
-    "(a full scan of every order, and of every cart for int_carts_unioned), and built_orders joins it "
-    "on (shop_id, customer_platform_id | email | phone), which no index covers (three more full scans). "
-    "Every chunk of 200 rows reads all orders of all shops four times while holding its row and "
-    "advisory locks. Fix: take the watermarks from max(landed_at) of each staging table (index-backed) "
-    "or from ops.transform_runs; index the staging orders on (shop_id, email), (shop_id, phone), "
-    "(shop_id, customer_platform_id) (or keep an orders-by-contact table).",
-)
 def test_a_chunks_facts_do_not_scan_every_order(grown):
     conn = psycopg2.connect(grown)
     try:

@@ -4,6 +4,7 @@
 |---|---|
 | EXPIRE_AFTER_HOURS | 6: later than this past its due time, a row is `expired`, not sent |
 | FREQUENCY_CAP_HOURS | 16: one message per person per window (one episode's stages exempt) |
+| STAGE_GAP_MINUTES | 60: an episode's stages held back together go out this far apart |
 | REPLY_QUIET_HOURS | 12: an episode pauses until the person's conversation is this quiet |
 | QUIET_HOURS | 21:00-09:00 in the customer's time zone (or `off`): deferred, never dropped |
 | SHOPIFY_RECOVERY_MINUTES | 10: Shopify's recovery URL works this long after abandonment |
@@ -55,6 +56,7 @@ def _quiet_hours(raw: str) -> tuple[time, time] | None:
 class DispatchSettings:
     expire_after: timedelta = timedelta(hours=6)
     frequency_cap: timedelta = timedelta(hours=16)
+    stage_gap: timedelta = timedelta(minutes=60)
     reply_quiet: timedelta = timedelta(hours=12)
     quiet_hours: tuple[time, time] | None = (time(21, 0), time(9, 0))
     shopify_recovery_delay: timedelta = timedelta(minutes=10)
@@ -70,6 +72,7 @@ class DispatchSettings:
         return cls(
             expire_after=timedelta(hours=_number("CART_RECOVERY_EXPIRE_AFTER_HOURS", 6)),
             frequency_cap=timedelta(hours=_number("CART_RECOVERY_FREQUENCY_CAP_HOURS", 16)),
+            stage_gap=timedelta(minutes=_number("CART_RECOVERY_STAGE_GAP_MINUTES", 60)),
             reply_quiet=timedelta(hours=_number("CART_RECOVERY_REPLY_QUIET_HOURS", 12)),
             quiet_hours=_quiet_hours(os.environ.get("CART_RECOVERY_QUIET_HOURS", "21:00-09:00")),
             shopify_recovery_delay=timedelta(minutes=_number("CART_RECOVERY_SHOPIFY_RECOVERY_MINUTES", 10)),

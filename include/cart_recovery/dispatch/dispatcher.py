@@ -15,6 +15,7 @@ or a simulated week writes the times it stands for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -139,7 +140,9 @@ async def _run(
     semaphore = asyncio.Semaphore(CONCURRENCY)
     try:
         while True:
-            claimed, decided = outbox.claim(conn, stage, now, settings, claimer, contacted)
+            # each chunk is decided at its own moment: a STOP or an order that lands while a
+            # long batch sends is seen by the next chunk
+            claimed, decided = outbox.claim(conn, stage, clock.now(), settings, claimer, contacted)
             if not decided:
                 break
             summary.claimed += len(claimed)
@@ -159,9 +162,12 @@ async def _run(
                 async with semaphore:
                     return await _send(row, clock, settings, channels, shops, no_coupon_templates)
 
-            results = await asyncio.gather(*(one(row) for row in claimed))
-            outbox.record(conn, claimer, results)
-            _apply_revocations(conn, results, clock.now())
+            answers = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
+            results = [
+                answer if isinstance(answer, outbox.Result) else _crashed(row, answer, clock)
+                for row, answer in zip(claimed, answers, strict=True)
+            ]
+            outbox.record(conn, claimer, results, revoke=functools.partial(_revoke, at=clock.now()))
             for result in results:
                 summary.add(result.status, result.reason)
     finally:
@@ -176,17 +182,26 @@ async def _send(
     shops: Mapping[str, Any],
     no_coupon_templates: Mapping[str, str],
 ) -> outbox.Result:
-    """Coupon, render, send one claimed row; the Result to record. Never raises."""
+    """Coupon, render, send one claimed row; the Result to record.
+
+    Anything that fails before a provider is called (a coupon API that raises, a template that
+    cannot be filled) fails this row alone, as ``failed`` / ``not_prepared``: nothing was sent.
+    """
     facts, verdict = row.facts, row.verdict
     channel = verdict.channel
     recipient = facts["phone"] if channel == "whatsapp" else facts["email"]
     notes: dict[str, str] = {}
+    shop = shops.get(facts["shop_id"])
+    coupon: Coupon | None = None
     try:
-        shop = shops.get(facts["shop_id"])
         coupon = await _coupon(facts, shop, clock, settings, channels, notes)
         template = _template(facts, coupon, no_coupon_templates)
         context = _context(facts, shop, template, coupon, channel)
-    except Exception as exc:  # nothing was sent: a clear failure, not a retry loop
+        if channel == "whatsapp":
+            sent = await _send_whatsapp(context, recipient, channels)
+        else:
+            sent = await _send_email(context, recipient, channels, clock.now())
+    except Exception as exc:  # nothing was sent: a clear failure of this row, not a retry loop
         log.exception("plan row %s could not be prepared", row.plan_key)
         return outbox.Result(
             row.plan_key,
@@ -196,35 +211,83 @@ async def _send(
             clock.now(),
             reason="not_prepared",
             error=f"{type(exc).__name__}: {exc}",
-            guards=notes,
+            guards=notes or None,
+            coupon_code=coupon.code if coupon else None,
+            coupon_pct=coupon.pct if coupon else None,
+            coupon_free_shipping=coupon.free_shipping if coupon else None,
+            coupon_expires_at=coupon.expires_at if coupon else None,
         )
 
-    if channel == "whatsapp":
-        sent = await _send_whatsapp(context, recipient, channels)
-        if sent[0].outcome is Outcome.FALLBACK:
-            notes["whatsapp"] = f"fallback:{sent[0].error_code}"
-            if facts["email"] and facts["email_consent"] and not facts["email_revoked"]:
-                channel, recipient = "email", facts["email"]
-                context = _context(facts, shop, template, coupon, channel)
-                sent = await _send_email(context, recipient, channels, clock.now())
-            else:
-                return _result(
-                    row,
-                    sent,
-                    channel,
-                    recipient,
-                    clock,
-                    coupon,
-                    notes,
-                    status="suppressed",
-                    reason="whatsapp_unreachable",
-                )
-    else:
-        sent = await _send_email(context, recipient, channels, clock.now())
+    outcome = sent[0].outcome
+    if channel == "whatsapp" and outcome in (Outcome.FALLBACK, Outcome.STOP):
+        # not reachable on WhatsApp (131026, 131047) or promotions stopped there (131050): email
+        # where the person gave email consent, as a STOP recorded before the claim would
+        notes["whatsapp"] = f"{outcome.value}:{sent[0].error_code}"
+        revoke = facts["phone"] if outcome is Outcome.STOP else None
+        reason = "stop_promotions" if outcome is Outcome.STOP else "whatsapp_unreachable"
+        if not (facts["email"] and facts["email_consent"] and not facts["email_revoked"]):
+            return _result(
+                row,
+                sent,
+                channel,
+                recipient,
+                clock,
+                coupon,
+                notes,
+                status="suppressed",
+                reason=reason,
+                revoke=revoke,
+            )
+        try:
+            channel, recipient = "email", facts["email"]
+            context = _context(facts, shop, template, coupon, channel)
+            sent = await _send_email(context, recipient, channels, clock.now())
+        except Exception as exc:
+            log.exception("email fallback of %s could not be prepared", row.plan_key)
+            return outbox.Result(
+                row.plan_key,
+                "suppressed",
+                "whatsapp",
+                facts["phone"],
+                clock.now(),
+                reason=reason,
+                error=f"email fallback: {type(exc).__name__}: {exc}",
+                guards=notes,
+                revoke_whatsapp=revoke,
+            )
+        return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings, revoke=revoke)
     return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings)
 
 
-def _result(row, sent, channel, recipient, clock, coupon, notes, *, settings=None, status=None, reason=None):
+def _crashed(row: outbox.Claimed, error: BaseException, clock: Clock) -> outbox.Result:
+    """A send that raised past every handler: the request may have gone out, so ``unknown``."""
+    log.error("send of %s ended with %r; recorded unknown, never re-sent", row.plan_key, error)
+    channel = row.verdict.channel
+    return outbox.Result(
+        row.plan_key,
+        "unknown",
+        channel,
+        row.facts["phone"] if channel == "whatsapp" else row.facts["email"],
+        clock.now(),
+        reason="crashed",
+        error=f"{type(error).__name__}: {error}",
+    )
+
+
+def _result(
+    row,
+    sent,
+    channel,
+    recipient,
+    clock,
+    coupon,
+    notes,
+    *,
+    settings=None,
+    status=None,
+    reason=None,
+    revoke=None,
+):
     result, template, text = sent
     at = clock.now()
     due_at = None
@@ -249,6 +312,7 @@ def _result(row, sent, channel, recipient, clock, coupon, notes, *, settings=Non
         error_code=result.error_code,
         error=result.error,
         guards=notes or None,
+        revoke_whatsapp=revoke,
     )
 
 
@@ -261,10 +325,12 @@ def _status_of(result: SendResult, row: outbox.Claimed, at: datetime, settings: 
         return "unknown", "no_answer", None
     if outcome is Outcome.STOP:
         return "suppressed", "stop_promotions", None
+    attempts = int(row.facts.get("attempts") or 0) + 1
     if outcome is Outcome.DEFER:
+        if attempts >= settings.max_attempts:
+            return "failed", "pair_rate_limited", None
         return "queued", "pair_rate_limited", at + settings.retry_delay
     if outcome is Outcome.RETRY:
-        attempts = int(row.facts.get("attempts") or 0) + 1
         if attempts >= settings.max_attempts:
             return "failed", "provider_unavailable", None
         return "queued", "provider_retry", at + settings.retry_delay * attempts
@@ -378,17 +444,20 @@ def _context(facts, shop, template, coupon, channel) -> MessageContext:
     )
 
 
-def _apply_revocations(conn, results: list[outbox.Result], at: datetime) -> None:
-    """Meta's 131050 ("stop promotions") takes back message consent at once."""
-    stops = [r for r in results if r.reason == "stop_promotions" and r.recipient]
-    if not stops:
-        return
+def _revoke(cursor, results: list[outbox.Result], at: datetime) -> None:
+    """Meta's 131050 ("stop promotions") takes back message consent at once, in the transaction
+    that records the answer (one business number serves every shop: no shop)."""
     from cart_recovery.dispatch import consent
 
-    with conn, conn.cursor() as cursor:
-        for result in stops:
+    for result in results:
+        if result.revoke_whatsapp:
             consent.revoke(
-                cursor, "whatsapp", result.recipient, "whatsapp_131050", at, {"plan_key": result.plan_key}
+                cursor,
+                "whatsapp",
+                result.revoke_whatsapp,
+                "whatsapp_131050",
+                at,
+                {"plan_key": result.plan_key},
             )
 
 

@@ -98,33 +98,21 @@ facts as (
         on carts.cart_key = claimed.cart_key
 ),
 
-built_orders as (
-    -- orders the last build knows, by customer id, email or phone (one hash join each)
-    select facts.plan_key
-    from facts
-    inner join intermediate.int_orders_unioned as orders
-        on orders.shop_id = facts.shop_id and orders.customer_platform_id = facts.customer_platform_id
-    where orders.is_placed and orders.ordered_at between facts.cart_created_at and %(now)s
-    union
-    select facts.plan_key
-    from facts
-    inner join intermediate.int_orders_unioned as orders
-        on orders.shop_id = facts.shop_id and orders.email = facts.email
-    where orders.is_placed and orders.ordered_at between facts.cart_created_at and %(now)s
-    union
-    select facts.plan_key
-    from facts
-    inner join intermediate.int_orders_unioned as orders
-        on orders.shop_id = facts.shop_id and orders.phone = facts.phone
-    where orders.is_placed and orders.ordered_at between facts.cart_created_at and %(now)s
-),
-
 watermarks as (
+    -- the newest landing the last build parsed, per staging table (each has a landed_at index)
     select
-        (select coalesce(max(landed_at), '-infinity') from intermediate.int_orders_unioned)
-            - %(margin)s::interval as orders_landed,
-        (select coalesce(max(landed_at), '-infinity') from intermediate.int_carts_unioned)
-            - %(margin)s::interval as carts_landed
+        coalesce(greatest(
+            (select max(landed_at) from staging.stg_shopify__orders),
+            (select max(landed_at) from staging.stg_woocommerce__orders),
+            (select max(landed_at) from staging.stg_ticimax__orders),
+            (select max(landed_at) from staging.stg_ideasoft__orders)
+        ), '-infinity') - %(margin)s::interval as orders_landed,
+        coalesce(greatest(
+            (select max(landed_at) from staging.stg_shopify__checkouts),
+            (select max(landed_at) from staging.stg_woocommerce__carts),
+            (select max(landed_at) from staging.stg_ticimax__carts),
+            (select max(landed_at) from staging.stg_ideasoft__carts)
+        ), '-infinity') - %(margin)s::interval as carts_landed
 ),
 
 fresh_landed as (
@@ -173,14 +161,21 @@ fresh_matches as (
     inner join fresh_contacts
         on fresh_contacts.shop_id = facts.shop_id
         and fresh_contacts.token in (facts.email, nullif(facts.phone_tail, ''))
-    where (fresh_contacts.entity = 'order'
-            and fresh_contacts.event_at between facts.cart_created_at and %(now)s)
+    where (fresh_contacts.entity = 'order' and fresh_contacts.event_at >= facts.cart_created_at)
         or (fresh_contacts.entity = 'cart' and fresh_contacts.event_at > facts.last_activity_at)
 )
 
 select
     facts.*,
-    exists (select 1 from built_orders where built_orders.plan_key = facts.plan_key) as built_order,
+    exists (
+        -- orders the last build knows, by customer id, email or phone (index probes per row:
+        -- staging orders are indexed on each with the shop)
+        select 1 from intermediate.int_orders_unioned as orders
+        where orders.shop_id = facts.shop_id and orders.is_placed
+            and orders.ordered_at >= facts.cart_created_at
+            and (orders.customer_platform_id = facts.customer_platform_id
+                or orders.email = facts.email or orders.phone = facts.phone)
+    ) as built_order,
     exists (
         select 1 from fresh_matches
         where fresh_matches.plan_key = facts.plan_key and fresh_matches.entity = 'order'
@@ -193,13 +188,11 @@ select
         select 1 from ops.consent_revocations as revoked
         where revoked.channel = 'whatsapp' and revoked.address = facts.phone
             and (revoked.shop_id is null or revoked.shop_id = facts.shop_id)
-            and revoked.revoked_at <= %(now)s
     ) as whatsapp_revoked,
     exists (
         select 1 from ops.consent_revocations as revoked
         where revoked.channel = 'email' and revoked.address = facts.email
             and (revoked.shop_id is null or revoked.shop_id = facts.shop_id)
-            and revoked.revoked_at <= %(now)s
     ) as email_revoked,
     (
         select conversations.last_inbound_at from ops.conversations as conversations
@@ -213,6 +206,11 @@ select
             and (earlier.customer_key = facts.customer_key
                 or earlier.recipient in (facts.phone, facts.email))
     ) as last_contact_at,
+    (
+        select max(coalesce(episode.sent_at, episode.claimed_at)) from ops.recovery_outbox as episode
+        where episode.cart_key = facts.cart_key and episode.plan_key <> facts.plan_key
+            and episode.status = any(%(contacted)s)
+    ) as last_episode_contact_at,
     (
         select count(*) from ops.recovery_outbox as episode
         where episode.cart_key = facts.cart_key and episode.plan_key <> facts.plan_key
@@ -333,6 +331,10 @@ def evaluate(
     )
     if last_contact is not None and now < last_contact + settings.frequency_cap:
         waits["frequency_cap"] = last_contact + settings.frequency_cap
+    # stages held back together (quiet hours, a reply) go out one stage_gap apart, not at once
+    episode_contact = facts.get("last_episode_contact_at")
+    if episode_contact is not None and now < episode_contact + settings.stage_gap:
+        waits["stage_gap"] = episode_contact + settings.stage_gap
     quiet_end = quiet_hours_end(now, facts["timezone"], settings)
     if quiet_end is not None:
         waits["quiet_hours"] = quiet_end
@@ -340,7 +342,7 @@ def evaluate(
         ready = facts["last_activity_at"] + settings.shopify_recovery_delay
         if now < ready:
             waits["recovery_url_not_ready"] = ready
-    for name in ("conversation_open", "frequency_cap", "quiet_hours", "recovery_url_not_ready"):
+    for name in ("conversation_open", "frequency_cap", "stage_gap", "quiet_hours", "recovery_url_not_ready"):
         guards[name] = f"defer:{waits[name].isoformat()}" if name in waits else "pass"
     if waits:
         reason, until = max(waits.items(), key=lambda item: item[1])

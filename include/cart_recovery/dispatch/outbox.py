@@ -80,14 +80,18 @@ where status = 'sending' and claimed_at < %(now)s - %(lease)s::interval
 """
 
 CLAIM_SQL = """
-select plan_key, coalesce(customer_key, cart_key) as person
-from ops.recovery_outbox
-where status = 'queued' and stage = %(stage)s and due_at <= %(now)s
-order by due_at, plan_key
+select outbox.plan_key, coalesce(outbox.customer_key, outbox.cart_key) as person, carts.email, carts.phone
+from ops.recovery_outbox as outbox
+left join marts.abandoned_carts as carts
+    on carts.cart_key = outbox.cart_key
+where outbox.status = 'queued' and outbox.stage = %(stage)s and outbox.due_at <= %(now)s
+order by outbox.due_at, outbox.plan_key
 limit %(limit)s
-for update skip locked
+for update of outbox skip locked
 """
 
+# One lock per way of reaching a person: the customer (per shop), and the phone and email, which
+# one WhatsApp number and one sender share across shops.
 LOCK_PERSON_SQL = "select pg_advisory_xact_lock(hashtextextended('cart-recovery person ' || %s, 0))"
 
 APPLY_SQL = """
@@ -109,11 +113,15 @@ from (values %s) as verdicts (
 where outbox.plan_key = verdicts.plan_key
 """
 
-RECORD_SQL = """
+# The funnel's order (cart_recovery.webhooks.funnel.STATUS_RANK): a status callback may have got
+# here first (matched on the plan_key it echoes), and what it proved is never moved back.
+_RANK = """case {col} when 'sent' then 1 when 'failed' then 2 when 'delivered' then 3
+    when 'read' then 4 else 0 end"""
+
+RECORD_SQL = f"""
 update ops.recovery_outbox as outbox
 set status = case
-        -- a status callback may have got here first (matched on the plan_key it echoes)
-        when results.status = 'sent' and outbox.status in ('delivered', 'read', 'failed')
+        when {_RANK.format(col="outbox.status")} > {_RANK.format(col="results.status")}
             then outbox.status
         else results.status
     end,
@@ -123,19 +131,28 @@ set status = case
     template = coalesce(results.template, outbox.template),
     due_at = coalesce(results.due_at, outbox.due_at),
     provider_message_id = coalesce(outbox.provider_message_id, results.provider_message_id),
-    provider_response = results.provider_response::jsonb,
-    rendered_text = results.rendered_text,
+    provider_response = coalesce(results.provider_response::jsonb, outbox.provider_response),
+    rendered_text = coalesce(results.rendered_text, outbox.rendered_text),
     coupon_code = results.coupon_code,
     coupon_pct = results.coupon_pct,
     coupon_free_shipping = results.coupon_free_shipping,
     coupon_expires_at = results.coupon_expires_at,
-    error_code = results.error_code,
-    error = results.error,
+    -- an error a callback recorded (the row moved on from sending) is kept
+    error_code = case
+        when outbox.status in ('sending', 'unknown') then results.error_code
+        else coalesce(outbox.error_code, results.error_code)
+    end,
+    error = case
+        when outbox.status in ('sending', 'unknown') then results.error
+        else coalesce(outbox.error, results.error)
+    end,
     sent_at = case
         when results.status = 'sent' then coalesce(outbox.sent_at, results.at) else outbox.sent_at
     end,
-    failed_at = case when results.status = 'failed' then results.at else outbox.failed_at end,
-    guards = outbox.guards || coalesce(results.guards::jsonb, '{}'),
+    failed_at = case
+        when results.status = 'failed' then coalesce(outbox.failed_at, results.at) else outbox.failed_at
+    end,
+    guards = outbox.guards || coalesce(results.guards::jsonb, '{{}}'),
     updated_at = results.at
 from (values %s) as results (
     plan_key, status, reason, channel, recipient, template, due_at, provider_message_id,
@@ -143,7 +160,7 @@ from (values %s) as results (
     coupon_expires_at, error_code, error, guards, at, claimed_by
 )
 where outbox.plan_key = results.plan_key and outbox.claimed_by = results.claimed_by
-    and outbox.status in ('sending', 'unknown', 'delivered', 'read', 'failed')
+    and outbox.status in ('sending', 'unknown', 'sent', 'delivered', 'read', 'failed')
 """
 
 _VERDICT_STATUS = {
@@ -189,6 +206,7 @@ class Result:
     error_code: str | None = None
     error: str | None = None
     guards: dict[str, str] | None = None
+    revoke_whatsapp: str | None = None  # a phone whose message consent the answer took back (131050)
 
 
 def enqueue_due(cursor, stage: int, now: datetime, settings: DispatchSettings) -> int:
@@ -217,17 +235,20 @@ def claim(
         rows = cursor.fetchall()
         if not rows:
             return [], []
-        for person in sorted({row["person"] for row in rows}):
-            cursor.execute(LOCK_PERSON_SQL, (person,))
+        for key in sorted(
+            {key for row in rows for key in _contact_keys(row["person"], row["email"], row["phone"])}
+        ):
+            cursor.execute(LOCK_PERSON_SQL, (key,))
         cursor.execute(guards.FACTS_SQL, guards.facts_parameters([row["plan_key"] for row in rows], now))
         all_facts = sorted(cursor.fetchall(), key=lambda facts: (facts["outbox_due_at"], facts["plan_key"]))
         decided: list[tuple[dict[str, Any], guards.Verdict]] = []
         values = []
         for facts in all_facts:
-            person = facts["customer_key"] or facts["cart_key"]
-            verdict = guards.evaluate(facts, now, settings, contacted_in_batch=contacted.get(person))
+            keys = _contact_keys(facts["customer_key"] or facts["cart_key"], facts["email"], facts["phone"])
+            in_batch = max((contacted[key] for key in keys if key in contacted), default=None)
+            verdict = guards.evaluate(facts, now, settings, contacted_in_batch=in_batch)
             if verdict.action == "send":
-                contacted[person] = now
+                contacted.update(dict.fromkeys(keys, now))
             decided.append((facts, verdict))
             recipient = _recipient(facts, verdict.channel) if verdict.channel else None
             values.append(
@@ -254,8 +275,12 @@ def claim(
     return claimed, decided
 
 
-def record(conn, claimer: str, results: Iterable[Result]) -> int:
-    """Write the providers' answers for rows this claimer holds; how many rows were updated."""
+def record(conn, claimer: str, results: Iterable[Result], revoke=None) -> int:
+    """Write the providers' answers for rows this claimer holds; how many rows were updated.
+
+    ``revoke(cursor, results)`` runs in the same transaction (consent taken back by an answer).
+    """
+    results = list(results)
     values = [
         (
             r.plan_key,
@@ -290,7 +315,18 @@ def record(conn, claimer: str, results: Iterable[Result]) -> int:
             template="(%s, %s, %s, %s, %s, %s, %s::timestamptz, %s, %s, %s, %s, %s::numeric, %s::boolean, "
             "%s::timestamptz, %s, %s, %s, %s::timestamptz, %s)",
         )
-        return cursor.rowcount
+        updated = cursor.rowcount
+        if revoke is not None:
+            revoke(cursor, results)
+        return updated
+
+
+def _contact_keys(person: str, email: str | None, phone: str | None) -> list[str]:
+    return [
+        f"customer:{person}",
+        *([f"email:{email}"] if email else []),
+        *([f"phone:{phone}"] if phone else []),
+    ]
 
 
 def _recipient(facts: dict[str, Any], channel: str) -> str | None:

@@ -38,15 +38,25 @@ class DuePlanSensor(BaseSensorOperator):
         self.as_of = as_of
 
     def execute(self, context: Any) -> None:
+        import pendulum
         from cart_recovery_triggers import DuePlanTrigger
 
+        from cart_recovery.dispatch.config import DispatchSettings
+
         as_of = self.as_of if self.as_of and self.as_of not in ("None", "") else None
+        if as_of is not None:
+            try:  # a moment without an offset is UTC, as Airflow reads one
+                as_of = pendulum.parse(as_of, tz="UTC").in_timezone("UTC").isoformat()
+            except (ValueError, pendulum.parsing.exceptions.ParserError) as exc:
+                raise ValueError(f"param as_of {self.as_of!r} is not an ISO 8601 moment: {exc}") from exc
         self.defer(
             trigger=DuePlanTrigger(
                 stage=self.stage,
                 conn_id=self.conn_id,
                 poll_interval=self.poll_interval,
                 timeout=self.max_wait.total_seconds(),
+                # the dispatcher's look-back: rows it would not pick up must not wake the stage
+                lookback_seconds=DispatchSettings.from_env().lookback.total_seconds(),
                 as_of=as_of,
             ),
             method_name="execute_complete",

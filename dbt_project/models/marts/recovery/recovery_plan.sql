@@ -8,6 +8,7 @@
         indexes=[
             {'columns': ['cart_key', 'stage'], 'unique': True},
             {'columns': ['due_at']},
+            {'columns': ['stage', 'due_at']},
             {'columns': ['source_landed_at']},
             {'columns': ['abandoned_at']},
         ],

@@ -4,6 +4,9 @@
         indexes=[
             {'columns': ['shop_id', 'source_order_id'], 'unique': True},
             {'columns': ['landed_at']},
+            {'columns': ['shop_id', 'email']},
+            {'columns': ['shop_id', 'phone']},
+            {'columns': ['shop_id', 'customer_platform_id']},
         ],
     )
 }}

@@ -41,7 +41,7 @@ def _stage_latency(quick: bool) -> dict[str, Any]:
     from cart_recovery.bench import stage_latency
 
     if quick:
-        return stage_latency.main(episodes=100, spread_s=120, lead_s=240, quick=True)
+        return stage_latency.main(episodes=100, spread_s=120, lead_s=480, quick=True)
     return stage_latency.main()
 
 

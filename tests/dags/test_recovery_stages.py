@@ -13,6 +13,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg2
@@ -93,8 +94,8 @@ def _summary(run, stage: int) -> dict:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _run(stage: int):
-    run = _stage_dag(stage).test(run_conf={"as_of": AS_OF.isoformat()})
+def _run(stage: int, as_of=AS_OF):
+    run = _stage_dag(stage).test(run_conf={"as_of": as_of.isoformat()})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     return run, states
@@ -162,7 +163,8 @@ def test_stage_one_sends_the_due_plan_through_whatsapp_and_email_once(pipeline, 
 
 def test_stage_two_creates_the_coupons_it_sends(pipeline, database):
     sim = pipeline
-    _run(2)
+    # two hours on: an episode's stages go out at least stage_gap (an hour) apart
+    _run(2, AS_OF + timedelta(hours=2))
     sent = _rows(
         database,
         "select * from ops.recovery_outbox where stage = 2 and status = 'sent' and coupon_code is not null",

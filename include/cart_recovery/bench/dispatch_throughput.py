@@ -65,6 +65,7 @@ NAME = "dispatch_throughput"
 SHOP_ID = "anatolia-shopify"
 LIMITS = (80, 1000)
 UNLIMITED = 100_000  # "no limit" for the diagnostics: far above what one machine can send
+PROVIDER_LATENCY_S = 0.2  # a diagnostic run with each answer this late, as over the internet
 TARGET_SHARE = 0.95
 STAGE = 1
 # The moment of the run: the carts went quiet 1 to 3 hours before it, so stage 1 (30 minutes
@@ -160,8 +161,9 @@ def _dispatch_settings():
 # -- the fake WhatsApp API's process --------------------------------------------------------------
 
 
-def serve(rate: float) -> None:
-    """The fake WhatsApp Cloud API at ``rate`` messages/s, pair rate and status callbacks off."""
+def serve(rate: float, response_delay: float = 0.0) -> None:
+    """The fake WhatsApp Cloud API at ``rate`` messages/s, pair rate and status callbacks off;
+    each accepted send answered after ``response_delay`` seconds (a provider's latency)."""
     import uvicorn
     from fastapi import FastAPI
 
@@ -181,7 +183,12 @@ def serve(rate: float) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     state = CountingState(
-        knobs=whatsapp_api.WhatsAppKnobs(messages_per_second=rate, pair_interval=0, status_callbacks="off")
+        knobs=whatsapp_api.WhatsAppKnobs(
+            messages_per_second=rate,
+            pair_interval=0,
+            status_callbacks="off",
+            response_delay=response_delay,
+        )
     )
     app = FastAPI()
     app.include_router(whatsapp_api.router(state), prefix="/whatsapp")
@@ -222,9 +229,19 @@ def serve(rate: float) -> None:
 class _FakeProcess:
     """The fake in a child process, so that its CPU is neither this process's nor its GIL's."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, response_delay: float = 0.0) -> None:
+        module = "cart_recovery.bench.dispatch_throughput"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cart_recovery.bench.dispatch_throughput", "serve", "--rate", str(rate)],
+            [
+                sys.executable,
+                "-m",
+                module,
+                "serve",
+                "--rate",
+                str(rate),
+                "--response-delay",
+                str(response_delay),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -413,25 +430,98 @@ def _total(duplicates: dict[str, int]) -> int:
     return sum(duplicates.values())
 
 
-def _cpu_meter(fake_pid: int, url: str):
-    from cart_recovery.bench.webhook_ingest import _CpuMeter, _postmaster_pid
+class _CpuMeter:
+    """CPU seconds of the fake, of PostgreSQL and of the machine between ``start`` and ``stop``.
 
-    return _CpuMeter(fake_pid, _postmaster_pid(url))
+    The webhook benchmark's meter, with PostgreSQL counted through its postmaster: the backends
+    of ``dispatch_due`` exit when it closes its connections, before the meter stops, and a
+    process's CPU lives on only in its parent's reaped-children times.
+    """
+
+    def __init__(self, fake_pid: int, url: str) -> None:
+        import psutil
+
+        from cart_recovery.bench.webhook_ingest import _CpuMeter as MachineMeter
+        from cart_recovery.bench.webhook_ingest import _postmaster_pid
+
+        self._psutil = psutil
+        self._postmaster = _postmaster_pid(url)
+        self._machine = MachineMeter(fake_pid, self._postmaster)
+        self._before = 0.0
+
+    def _postgres(self) -> float:
+        """The postmaster's own, its live children's and its reaped children's CPU seconds."""
+        if self._postmaster is None:
+            return 0.0
+        try:
+            root = self._psutil.Process(self._postmaster)
+            times = root.cpu_times()
+            total = times.user + times.system + times.children_user + times.children_system
+            for child in root.children():
+                try:
+                    child_times = child.cpu_times()
+                    total += child_times.user + child_times.system
+                except self._psutil.Error:
+                    pass  # exited just now: counted in the reaped times next time
+            return total
+        except self._psutil.Error:
+            return 0.0
+
+    def start(self) -> None:
+        self._machine.start()
+        self._before = self._postgres()
+
+    def stop(self, exclude: set[int]) -> dict[str, Any]:
+        time.sleep(0.5)  # the backends of closed connections exit and are reaped (else: lost)
+        postgres = self._postgres() - self._before
+        used = self._machine.stop(exclude)
+        used["postgres_cpu_seconds"] = round(postgres, 2) if self._postmaster is not None else None
+        return used
 
 
-def _dispatch_at(url: str, limit: float, messages: int, *, profile: bool = False) -> dict[str, Any]:
-    """Empty the outbox, start the fake at ``limit``, run ``dispatch_due`` once; what happened."""
+def _cpu_meter(fake_pid: int, url: str) -> _CpuMeter:
+    return _CpuMeter(fake_pid, url)
+
+
+def _moment_when_due(url: str, messages: int) -> datetime:
+    """The moment by which the first ``messages`` stage-1 rows fell due (a smaller batch)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select due_at from marts.recovery_plan where stage = %s order by due_at offset %s limit 1",
+            (STAGE, messages - 1),
+        )
+        row = cur.fetchone()
+    conn.close()
+    if row is None:
+        raise CartRecoveryError(f"the plan has fewer than {messages} stage-{STAGE} rows")
+    return row[0]
+
+
+def _dispatch_at(
+    url: str,
+    limit: float,
+    *,
+    now: datetime = AS_OF,
+    profile: bool = False,
+    response_delay: float = 0.0,
+    client_class: type | None = None,
+) -> dict[str, Any]:
+    """Empty the outbox, start the fake at ``limit``, run ``dispatch_due`` as of ``now`` once
+    (every row due by then); what happened. ``client_class``: a WhatsAppClient variant."""
     from cart_recovery.dispatch.dispatcher import CONCURRENCY, Channels, dispatch_due
     from cart_recovery.dispatch.whatsapp import WhatsAppClient
     from cart_recovery.shops import Shop
 
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("truncate ops.recovery_outbox, ops.consent_revocations, ops.conversations")
+        cur.execute(_SENDABLE, {"stage": STAGE, "now": now})
+        messages = cur.fetchone()[0]
     conn.close()
-    fake = _FakeProcess(limit)
+    fake = _FakeProcess(limit, response_delay)
     try:
         os.environ[env_var_name(WHATSAPP_CONN_ID)] = json.dumps(fake.info["connection"])
-        client = WhatsAppClient.from_connection()  # the real path: the connection's limit
+        # the real path: the client from the connection, at the connection's limit
+        client = (client_class or WhatsAppClient).from_connection()
         shop = Shop(
             id=SHOP_ID,
             platform="shopify",
@@ -455,7 +545,7 @@ def _dispatch_at(url: str, limit: float, messages: int, *, profile: bool = False
                 profiler.enable()
             summary = dispatch_due(
                 STAGE,
-                AS_OF,
+                now,
                 database_url=url,
                 claimer=f"bench/{NAME}/{limit}",
                 settings=dispatch_settings,
@@ -485,6 +575,9 @@ def _dispatch_at(url: str, limit: float, messages: int, *, profile: bool = False
     end_to_end = len(accepted) / elapsed if elapsed else 0.0
     result: dict[str, Any] = {
         "limit_messages_per_second": limit,
+        "fake_response_delay_s": response_delay,
+        "client": (client_class or WhatsAppClient).__name__,
+        "now": now.isoformat(),
         "due_rows": messages,
         "accepted_by_fake": len(accepted),
         "dispatch_due": {
@@ -515,7 +608,7 @@ def _dispatch_at(url: str, limit: float, messages: int, *, profile: bool = False
             "per_message_ms": {
                 "dispatcher": round(1000 * own_cpu / max(1, len(accepted)), 3),
                 "fake": round(1000 * machine["service_cpu_seconds"] / max(1, len(accepted)), 3),
-                "postgres": round(1000 * machine["postgres_cpu_seconds"] / max(1, len(accepted)), 3),
+                "postgres": round(1000 * (machine["postgres_cpu_seconds"] or 0) / max(1, len(accepted)), 3),
             },
         },
     }
@@ -645,6 +738,96 @@ def _fake_capacity(url: str, count: int, connections: int = 32) -> dict[str, Any
     }
 
 
+# -- a prototype: the client's connection pool in shards ------------------------------------------
+
+
+def sharded_client_class(shards: int = 16, connections_per_shard: int = 4) -> type:
+    """``WhatsAppClient`` with its httpx pool split into ``shards`` small pools, round robin.
+
+    A diagnostic of a suggested change to ``cart_recovery.dispatch.whatsapp`` (not the product):
+    httpcore's pool scans all its connections for every queued request each time a request
+    starts or ends, so one pool of 64 busy connections costs milliseconds of CPU per send; 16
+    pools of 4 keep every scan short. Same total connections, same limiter, same requests.
+    """
+    import httpx
+
+    from cart_recovery.dispatch.whatsapp import WhatsAppClient
+
+    class ShardedTransport(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            limits = httpx.Limits(
+                max_connections=connections_per_shard, max_keepalive_connections=connections_per_shard
+            )
+            self._shards = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
+            self._next = itertools.cycle(self._shards)
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await next(self._next).handle_async_request(request)
+
+        async def aclose(self) -> None:
+            for shard in self._shards:
+                await shard.aclose()
+
+    class ShardedPoolWhatsAppClient(WhatsAppClient):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            self._http._transport = ShardedTransport()  # the pool only: headers, timeouts kept
+
+    ShardedPoolWhatsAppClient.__name__ = f"WhatsAppClient with {shards} pools of {connections_per_shard}"
+    return ShardedPoolWhatsAppClient
+
+
+def _client_alone(url: str, count: int, concurrency: int, client_class: type | None = None) -> dict[str, Any]:
+    """The dispatcher's WhatsApp client alone (no database, no rendering): ``count`` template
+    sends, ``concurrency`` at a time, to the fake with no limit; its CPU per send."""
+    from cart_recovery.dispatch.whatsapp import WhatsAppClient
+
+    fake = _FakeProcess(UNLIMITED)
+    try:
+        os.environ[env_var_name(WHATSAPP_CONN_ID)] = json.dumps(fake.info["connection"])
+        client = (client_class or WhatsAppClient).from_connection()
+
+        async def send_all() -> Counter:
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one(n: int):
+                async with semaphore:
+                    parameters = ["Ayşe", "Linen Shirt", "899,90 TL", f"https://h.example/r/{n}"]
+                    return await client.send_template(
+                        f"+90534{n:07d}", "cart_reminder_gentle_tr", "tr", parameters, f"client-{n}"
+                    )
+
+            try:
+                results = await asyncio.gather(*(one(n) for n in range(count)))
+            finally:
+                await client.aclose()
+            return Counter(result.outcome.value for result in results)
+
+        cpu = _cpu_meter(fake.pid, url)
+        cpu.start()
+        own_cpu = time.process_time()
+        started = time.perf_counter()
+        outcomes = asyncio.run(send_all())
+        elapsed = time.perf_counter() - started
+        own_cpu = time.process_time() - own_cpu
+        machine = cpu.stop(exclude={os.getpid()})
+    finally:
+        fake.close()
+        os.environ.pop(env_var_name(WHATSAPP_CONN_ID), None)
+    return {
+        "client": (client_class or WhatsAppClient).__name__,
+        "sends": count,
+        "concurrency": concurrency,
+        "outcomes": dict(outcomes),
+        "seconds": round(elapsed, 2),
+        "sends_per_second": round(count / elapsed, 1),
+        "client_cpu_ms_per_send": round(1000 * own_cpu / count, 3),
+        "fake_cpu_ms_per_send": round(1000 * machine["service_cpu_seconds"] / count, 3),
+        "machine_busy_percent": machine["machine_busy_percent"],
+        "load_average_1m_at_start": machine["load_average_1m_at_start"],
+    }
+
+
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
@@ -657,14 +840,28 @@ def run(*, messages: int = 10_000, limits: tuple[float, ...] = LIMITS, profile_l
     runs = {}
     profiles = {}
     for limit in limits:
-        outcome = _dispatch_at(database.url, limit, messages, profile=profile_limit == limit)
+        outcome = _dispatch_at(database.url, limit, profile=profile_limit == limit)
         if "_profile" in outcome:
             profiles[str(limit)] = outcome.pop("_profile")
         runs[str(int(limit))] = outcome
-    log.info("Diagnostics: the dispatcher with no limit to speak of, and the fake alone ...")
-    unlimited = _dispatch_at(database.url, UNLIMITED, messages, profile=profile_limit == UNLIMITED)
+    log.info("Diagnostics: no limit, a provider's latency, the client alone and the fake alone ...")
+    unlimited = _dispatch_at(database.url, UNLIMITED, profile=profile_limit == UNLIMITED)
     if "_profile" in unlimited:
         profiles["unlimited"] = unlimited.pop("_profile")
+    from cart_recovery.dispatch.dispatcher import CONCURRENCY
+
+    sharded = sharded_client_class()
+    subset = _moment_when_due(database.url, max(500, messages // 5))  # a smaller batch
+    latency = [
+        _dispatch_at(database.url, limit, now=subset, response_delay=PROVIDER_LATENCY_S, client_class=kind)
+        for limit in limits
+        for kind in (None, sharded)
+    ]
+    sends = max(1_000, messages // 2)
+    clients = [_client_alone(database.url, sends, c) for c in (CONCURRENCY, 16, 4)]
+    clients.append(_client_alone(database.url, sends, CONCURRENCY, sharded))
+    top = max(limits)  # the limit the stock client misses
+    sharded_runs = {str(int(top)): _dispatch_at(database.url, top, client_class=sharded)}
     capacity = _fake_capacity(database.url, count=max(2_000, messages))
     met = {
         limit: (
@@ -691,6 +888,9 @@ def run(*, messages: int = 10_000, limits: tuple[float, ...] = LIMITS, profile_l
         "runs": runs,
         "diagnostics": {
             "dispatcher_unlimited": unlimited,
+            "dispatcher_with_provider_latency": latency,
+            "client_alone": clients,
+            "runs_with_the_sharded_pool_prototype": sharded_runs,
             "fake_alone": capacity,
         },
         "targets": {
@@ -724,12 +924,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m cart_recovery.bench.dispatch_throughput")
     parser.add_argument("action", choices=["serve", "run"])
     parser.add_argument("--rate", type=float, default=80.0, help="serve: the fake's messages per second")
+    parser.add_argument("--response-delay", type=float, default=0.0, help="serve: seconds per answer")
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", type=float, default=None, help="cProfile the run at this limit")
     args = parser.parse_args()
     if args.action == "serve":
-        serve(args.rate)
+        serve(args.rate, args.response_delay)
     else:
         logging.basicConfig(level=logging.INFO)
         result = main(args.messages, quick=args.quick, profile_limit=args.profile)

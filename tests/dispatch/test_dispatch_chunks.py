@@ -182,3 +182,30 @@ def test_a_failing_claim_still_sends_and_records_what_was_claimed(built, sim, mo
     rows = outbox_rows(built)
     assert not [row for row in rows.values() if row["status"] in ("queued", "sending", "unknown")]
     assert_sent_once(rows, sim)
+
+
+def test_a_claim_locks_every_person_of_its_chunk_in_one_statement(database):
+    people = ["customer-b", "customer-a", "cart-c"]
+    holder = psycopg2.connect(database.url)
+    other = psycopg2.connect(database.url)
+    other.autocommit = True
+
+    def free(person: str) -> bool:
+        with other.cursor() as cursor:
+            cursor.execute(
+                "select pg_try_advisory_xact_lock(hashtextextended('cart-recovery person ' || %s, 0))",
+                (person,),
+            )
+            return cursor.fetchone()[0]
+
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(outbox.LOCK_PEOPLE_SQL, (sorted(people),))
+            assert cursor.fetchone()[0] == len(people)
+        assert not any(free(person) for person in people)  # held by the claiming transaction
+        assert free("someone-else")
+        holder.commit()
+        assert all(free(person) for person in people)  # released with it
+    finally:
+        holder.close()
+        other.close()

@@ -88,7 +88,15 @@ limit %(limit)s
 for update skip locked
 """
 
-LOCK_PERSON_SQL = "select pg_advisory_xact_lock(hashtextextended('cart-recovery person ' || %s, 0))"
+# One round trip for the chunk's people, locked in the order given (sorted by the caller): the
+# ordered subquery feeds the aggregate row by row, so the locks are taken in that order.
+LOCK_PEOPLE_SQL = """
+select count(pg_advisory_xact_lock(hashtextextended('cart-recovery person ' || people.person, 0)))
+from (
+    select person from unnest(%s::text[]) with ordinality as given (person, position)
+    order by position
+) as people
+"""
 
 APPLY_SQL = """
 update ops.recovery_outbox as outbox
@@ -217,8 +225,7 @@ def claim(
         rows = cursor.fetchall()
         if not rows:
             return [], []
-        for person in sorted({row["person"] for row in rows}):
-            cursor.execute(LOCK_PERSON_SQL, (person,))
+        cursor.execute(LOCK_PEOPLE_SQL, (sorted({row["person"] for row in rows}),))
         cursor.execute(guards.FACTS_SQL, guards.facts_parameters([row["plan_key"] for row in rows], now))
         all_facts = sorted(cursor.fetchall(), key=lambda facts: (facts["outbox_due_at"], facts["plan_key"]))
         decided: list[tuple[dict[str, Any], guards.Verdict]] = []

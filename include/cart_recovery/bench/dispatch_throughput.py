@@ -21,9 +21,18 @@ in a uvicorn server of its own process: pair rate off, status callbacks off) is 
   pauses in the fake's log between chunks; CPU seconds of this process (the dispatcher and its
   client), of the fake, of PostgreSQL and of anything else busy on the machine (load average).
 
-Two diagnostics say which side limits: the fake alone (a lean raw-socket HTTP/1.1 client in its
-own process sends template messages as fast as the fake answers, with no limit) and the
-dispatcher with no limit to speak of (the fake and the client at 100,000 per second).
+Diagnostics say which side limits (none of them is a target):
+
+- ``dispatcher_unlimited``: the fake and the client at 100,000/s, i.e. as fast as they go;
+- ``dispatcher_with_provider_latency``: a smaller batch with every answer 0.2 s late (Meta is an
+  internet round trip away, the loopback fake is not), at each limit, stock client and prototype;
+- ``client_alone``: the WhatsApp client without the database, 64 (the dispatcher's bound), 16 and
+  4 sends in flight: its CPU per send;
+- ``runs_with_the_sharded_pool_prototype``: the top limit again with the client's httpx pool split
+  into 16 pools of 4 (``sharded_client_class``, a suggested change, not the product), and also
+  with claims of 1,000 rows;
+- ``fake_alone``: a lean raw-socket HTTP/1.1 client in its own process sends template messages as
+  fast as the fake answers: the fake's own ceiling.
 
 ``python -m cart_recovery.bench.dispatch_throughput serve --rate R`` is the fake's process: it
 prints one JSON line (base URL, connection) once listening and serves until its stdin closes.
@@ -48,6 +57,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +76,7 @@ SHOP_ID = "anatolia-shopify"
 LIMITS = (80, 1000)
 UNLIMITED = 100_000  # "no limit" for the diagnostics: far above what one machine can send
 PROVIDER_LATENCY_S = 0.2  # a diagnostic run with each answer this late, as over the internet
+BIG_CHUNK = 1000  # a diagnostic run with claims of this many rows (the default is 200)
 TARGET_SHARE = 0.95
 STAGE = 1
 # The moment of the run: the carts went quiet 1 to 3 hours before it, so stage 1 (30 minutes
@@ -151,11 +162,14 @@ def _holdout_pct() -> float:
     return float(project["vars"]["holdout_pct"])
 
 
-def _dispatch_settings():
+def _dispatch_settings(chunk_size: int | None = None):
     from cart_recovery.dispatch.config import DispatchSettings
 
     # The carts are hours old at AS_OF and the night is out of the way: every row is sendable.
-    return DispatchSettings(quiet_hours=None, expire_after=timedelta(days=30), lookback=timedelta(days=30))
+    settings = DispatchSettings(
+        quiet_hours=None, expire_after=timedelta(days=30), lookback=timedelta(days=30)
+    )
+    return settings if chunk_size is None else replace(settings, chunk_size=chunk_size)
 
 
 # -- the fake WhatsApp API's process --------------------------------------------------------------
@@ -505,6 +519,7 @@ def _dispatch_at(
     profile: bool = False,
     response_delay: float = 0.0,
     client_class: type | None = None,
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Empty the outbox, start the fake at ``limit``, run ``dispatch_due`` as of ``now`` once
     (every row due by then); what happened. ``client_class``: a WhatsAppClient variant."""
@@ -533,7 +548,7 @@ def _dispatch_at(
             conn_id="anatolia_shopify",
             name="Anatolia Linen",
         )
-        dispatch_settings = _dispatch_settings()
+        dispatch_settings = _dispatch_settings(chunk_size)
         cpu = _cpu_meter(fake.pid, url)
         profiler = cProfile.Profile() if profile else None
         log.info("dispatch_due: %d messages at %s/s ...", messages, limit)
@@ -861,7 +876,12 @@ def run(*, messages: int = 10_000, limits: tuple[float, ...] = LIMITS, profile_l
     clients = [_client_alone(database.url, sends, c) for c in (CONCURRENCY, 16, 4)]
     clients.append(_client_alone(database.url, sends, CONCURRENCY, sharded))
     top = max(limits)  # the limit the stock client misses
-    sharded_runs = {str(int(top)): _dispatch_at(database.url, top, client_class=sharded)}
+    sharded_runs = {
+        str(int(top)): _dispatch_at(database.url, top, client_class=sharded),
+        f"{int(top)} with chunks of {BIG_CHUNK}": _dispatch_at(
+            database.url, top, client_class=sharded, chunk_size=BIG_CHUNK
+        ),
+    }
     capacity = _fake_capacity(database.url, count=max(2_000, messages))
     met = {
         limit: (

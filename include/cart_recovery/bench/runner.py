@@ -45,12 +45,19 @@ def _stage_latency(quick: bool) -> dict[str, Any]:
     return stage_latency.main()
 
 
+def _dispatch_throughput(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import dispatch_throughput
+
+    return dispatch_throughput.main(messages=1_000 if quick else 10_000, quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "dbt_incremental": _dbt_incremental,
     "webhook_ingest": _webhook_ingest,
     "polling_load": _polling_load,
     "live_pipeline": _live_pipeline,
     "stage_latency": _stage_latency,
+    "dispatch_throughput": _dispatch_throughput,
 }
 
 

@@ -133,16 +133,47 @@ def dispatch_due(
 async def _run(
     conn, database_url, stage, now, settings, claimer, summary, channels, shops, no_coupon_templates
 ) -> None:
+    """Claim, send and record chunk after chunk, one chunk ahead.
+
+    A chunk's sends start as soon as its claim has committed, and the next chunk is claimed while
+    this one sends, so the provider's limit is not left idle while PostgreSQL checks the guards of
+    the next chunk or stores the answers of the last one (claims and records run in worker
+    threads, on two connections). At most two chunks are in progress: the next claim waits for
+    the chunk before the current one to be recorded. A dispatcher killed outright leaves at most
+    those two chunks ``sending`` (then ``unknown``); on an error the chunks already claimed are
+    still sent and recorded before it propagates.
+    """
     clock = Clock(now)
     shops = shops if shops is not None else _shops()
     channels = channels or channels_from_connections(database_url, shops)
     contacted: dict[str, datetime] = {}
     semaphore = asyncio.Semaphore(CONCURRENCY)
+    recorder = psycopg2.connect(database_url)
+    recording = asyncio.Lock()  # one record transaction at a time on the recorder connection
+
+    async def one(row: outbox.Claimed) -> outbox.Result:
+        async with semaphore:
+            return await _send(row, clock, settings, channels, shops, no_coupon_templates)
+
+    async def chunk(claimed: list[outbox.Claimed]) -> None:
+        answers = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
+        results = [
+            answer if isinstance(answer, outbox.Result) else _crashed(row, answer, clock)
+            for row, answer in zip(claimed, answers, strict=True)
+        ]
+        async with recording:
+            await asyncio.to_thread(_record, recorder, claimer, results, clock)
+        for result in results:
+            summary.add(result.status, result.reason)
+
+    in_progress: list[asyncio.Task] = []
     try:
         while True:
             # each chunk is decided at its own moment: a STOP or an order that lands while a
             # long batch sends is seen by the next chunk
-            claimed, decided = outbox.claim(conn, stage, clock.now(), settings, claimer, contacted)
+            claimed, decided = await asyncio.to_thread(
+                outbox.claim, conn, stage, clock.now(), settings, claimer, contacted
+            )
             if not decided:
                 break
             summary.claimed += len(claimed)
@@ -157,21 +188,21 @@ async def _run(
                         }[verdict.action],
                         verdict.reason,
                     )
-
-            async def one(row: outbox.Claimed) -> outbox.Result:
-                async with semaphore:
-                    return await _send(row, clock, settings, channels, shops, no_coupon_templates)
-
-            answers = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
-            results = [
-                answer if isinstance(answer, outbox.Result) else _crashed(row, answer, clock)
-                for row, answer in zip(claimed, answers, strict=True)
-            ]
-            outbox.record(conn, claimer, results, revoke=functools.partial(_revoke, at=clock.now()))
-            for result in results:
-                summary.add(result.status, result.reason)
+            if claimed:
+                in_progress.append(asyncio.create_task(chunk(claimed)))
+            while len(in_progress) > 1:  # the chunk before this one: recorded before the next claim
+                await in_progress.pop(0)
+        while in_progress:
+            await in_progress.pop(0)
     finally:
+        # an error above: what was claimed is still sent and recorded, then the error goes on
+        await asyncio.gather(*in_progress, return_exceptions=True)
+        recorder.close()
         await _close(channels)
+
+
+def _record(recorder, claimer: str, results: list[outbox.Result], clock: Clock) -> None:
+    outbox.record(recorder, claimer, results, revoke=functools.partial(_revoke, at=clock.now()))
 
 
 async def _send(

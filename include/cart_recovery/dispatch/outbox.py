@@ -91,8 +91,16 @@ for update of outbox skip locked
 """
 
 # One lock per way of reaching a person: the customer (per shop), and the phone and email, which
-# one WhatsApp number and one sender share across shops.
-LOCK_PERSON_SQL = "select pg_advisory_xact_lock(hashtextextended('cart-recovery person ' || %s, 0))"
+# one WhatsApp number and one sender share across shops. One round trip for the chunk's people,
+# locked in the order given (sorted by the caller): the ordered subquery feeds the aggregate row
+# by row, so the locks are taken in that order.
+LOCK_PEOPLE_SQL = """
+select count(pg_advisory_xact_lock(hashtextextended('cart-recovery person ' || people.person, 0)))
+from (
+    select person from unnest(%s::text[]) with ordinality as given (person, position)
+    order by position
+) as people
+"""
 
 APPLY_SQL = """
 update ops.recovery_outbox as outbox
@@ -235,10 +243,8 @@ def claim(
         rows = cursor.fetchall()
         if not rows:
             return [], []
-        for key in sorted(
-            {key for row in rows for key in _contact_keys(row["person"], row["email"], row["phone"])}
-        ):
-            cursor.execute(LOCK_PERSON_SQL, (key,))
+        keys = {key for row in rows for key in _contact_keys(row["person"], row["email"], row["phone"])}
+        cursor.execute(LOCK_PEOPLE_SQL, (sorted(keys),))
         cursor.execute(guards.FACTS_SQL, guards.facts_parameters([row["plan_key"] for row in rows], now))
         all_facts = sorted(cursor.fetchall(), key=lambda facts: (facts["outbox_due_at"], facts["plan_key"]))
         decided: list[tuple[dict[str, Any], guards.Verdict]] = []

@@ -36,6 +36,7 @@ from polling_helpers import INTERVAL_END
 
 from cart_recovery.dispatch.config import DispatchSettings
 from cart_recovery.simulator import Simulator, run_simulator
+from cart_recovery.simulator.whatsapp_api import load_templates
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 AS_OF = INTERVAL_END
@@ -87,6 +88,7 @@ def reset(url: str, sim: Simulator) -> None:
         "update ops.coupon_pool set plan_key = null, claimed_at = null where plan_key is not null",
     )
     sim.whatsapp.reset()
+    sim.whatsapp.templates = load_templates()  # a test may have withdrawn one
     sim.whatsapp.knobs.pair_interval = 0
     sim.smtp.clear()
     sim.state.knobs.fail_every = 0

@@ -54,14 +54,17 @@ CLICK_LINK = re.compile(re.escape(PUBLIC_URL) + r"/r/([A-Za-z0-9_-]+)")
 
 
 @contextlib.contextmanager
-def simulated_plan(tmp_path: Path, *, seed: int, carts_per_shop: int) -> Iterator[Simulator]:
+def simulated_plan(
+    tmp_path: Path, *, seed: int, carts_per_shop: int, as_of: datetime = AS_OF
+) -> Iterator[Simulator]:
     """The simulator running (with its SMTP sink), its shops ingested and planned by dbt as of
-    ``AS_OF``, and the environment (connections, shops file, link secret, dispatch settings)
-    pointing at it. Needs the ``module_database``, ``airflow_db`` and ``dbt_manifest`` fixtures."""
+    ``as_of`` (the simulated history ends there), and the environment (connections, shops file,
+    link secret, dispatch settings) pointing at it. Needs the ``module_database``, ``airflow_db``
+    and ``dbt_manifest`` fixtures."""
     from airflow.dag_processing.dagbag import DagBag
 
     with (
-        run_simulator(seed=seed, carts_per_shop=carts_per_shop, smtp=True) as sim,
+        run_simulator(seed=seed, carts_per_shop=carts_per_shop, smtp=True, reference_time=as_of) as sim,
         pytest.MonkeyPatch.context() as env,
     ):
         for name, value in sim.connection_env().items():
@@ -75,8 +78,8 @@ def simulated_plan(tmp_path: Path, *, seed: int, carts_per_shop: int) -> Iterato
             env.setenv(name, value)
         sim.whatsapp.knobs.pair_interval = 0
         ingest = DagBag(dag_folder=str(DAGS / "cart_ingest.py")).dags["cart_ingest"]
-        assert ingest.test(logical_date=AS_OF).state == "success"
-        run_dbt("build", "--full-refresh", as_of=AS_OF)
+        assert ingest.test(logical_date=as_of).state == "success"
+        run_dbt("build", "--full-refresh", as_of=as_of)
         yield sim
 
 

@@ -146,7 +146,7 @@ def test_two_dispatcher_processes_racing_over_one_batch_send_each_row_once(
 def _kill_mid_batch(sim: Simulator, url: str, claimer: str) -> tuple[dict[str, dict], set[str]]:
     """Start a dispatcher process, SIGKILL it while the provider holds the answers of a chunk it
     sent (some chunks before are recorded); the outbox then, and the rows it left ``sending``."""
-    sim.whatsapp.knobs.response_delay = 1.0  # the fake takes the message, then answers a second later
+    sim.whatsapp.knobs.response_delay = 2.0  # the fake takes the message, then answers later
     process = DispatcherProcess(STAGE, AS_OF, url, claimer, env={"CART_RECOVERY_DISPATCH_CHUNK": "6"}).start()
 
     def mid_send() -> bool:

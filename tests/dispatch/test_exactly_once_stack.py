@@ -1,19 +1,21 @@
-"""Exactly once under the CeleryExecutor: the three stage DAGs on two Celery workers, one SIGKILLed.
+"""Exactly once under the scheduler: the three stage DAGs run by Airflow's executors, one worker killed.
 
 The whole stack runs as in production (``cart-recovery up``: api-server, scheduler, dag-processor,
-triggerer) with ``AIRFLOW__CORE__EXECUTOR=CeleryExecutor``, the machine's Redis on 127.0.0.1:6379
-as the broker (a queue of this test's own) and two ``airflow celery worker`` processes. The plan
-is the simulator's shops, built by dbt up to a minute ago, so the stages' sensors (deferred to the
-triggerer) find rows due on the real clock and their send tasks run on the workers, at once. While
-the fake WhatsApp API holds the answers of a chunk, the worker running that send task is killed
-with SIGKILL (its whole process group, as a lost machine); the scheduler sees the task's heartbeat
-stop, and Airflow retries it on the other worker with the same trigger event.
+triggerer), once with the project's LocalExecutor and once with ``AIRFLOW__CORE__EXECUTOR=
+CeleryExecutor``, the machine's Redis on 127.0.0.1:6379 as the broker (a queue of this test's own)
+and two ``airflow celery worker`` processes. The plan is the simulator's shops, built by dbt up to
+a minute ago, so the stages' sensors (deferred to the triggerer) find rows due on the real clock
+and their send tasks run at once. While the fake WhatsApp API holds the answers of a chunk, the
+worker running that send task is killed with SIGKILL together with everything under it (as when
+its machine is lost); the scheduler sees the task's heartbeat stop and Airflow retries it (on the
+other Celery worker) with the same trigger event. Nothing may be sent twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -29,18 +31,22 @@ from dispatch_helpers import (
     accepted_per_plan_row,
     assert_each_sent_once,
     emailed_plan_rows,
+    execute,
     outbox,
+    reset,
     simulated_plan,
     wait_until,
 )
 
 from cart_recovery.bench.live_pipeline import UpProcess
 from cart_recovery.environment import admin_credentials, project_environment
+from cart_recovery.ports import free_port
 from cart_recovery.simulator import Simulator
 
 pytestmark = pytest.mark.slow
 
 REDIS = ("127.0.0.1", 6379)
+COMPONENT_PID = re.compile(r"started [a-z-]+ \(pid (\d+)\)")
 STAGES = (1, 2, 3)
 
 
@@ -60,30 +66,24 @@ def database(module_database):
 
 @pytest.fixture(scope="module")
 def plan(database, airflow_db, dbt_manifest, tmp_path_factory) -> Iterator[tuple[Simulator, datetime]]:
-    if not _redis_answers():
-        pytest.fail("the CeleryExecutor test needs Redis on 127.0.0.1:6379")
     as_of = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     with simulated_plan(tmp_path_factory.mktemp("plan"), seed=31, carts_per_shop=60, as_of=as_of) as sim:
         yield sim, as_of
 
 
-class CeleryStack:
-    """``cart-recovery up`` with the CeleryExecutor, and the workers started beside it."""
+class Stack:
+    """``cart-recovery up`` with one executor; with Celery, the workers started beside it."""
 
-    def __init__(self, database, home: Path) -> None:
+    def __init__(self, database, home: Path, executor: str) -> None:
         self.database = database
         self.home = home
+        self.executor = executor
         self.queue = f"cart-recovery-once-{secrets.token_hex(4)}"
         broker = f"redis://{REDIS[0]}:{REDIS[1]}/0"
         backend = "db+" + self.database.airflow.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
         self.overrides = {
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": broker,
-            "AIRFLOW__CELERY__RESULT_BACKEND": backend,
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
-            "AIRFLOW__CELERY__DEFAULT_QUEUE": self.queue,
             # this test unpauses the stages only: no poll or build changes the plan under it
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             # a killed worker's task is noticed in seconds, not the default five minutes
@@ -91,11 +91,22 @@ class CeleryStack:
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             # small chunks: a send task is mid-batch long enough to be killed there
             "CART_RECOVERY_DISPATCH_CHUNK": "3",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
         }
+        if executor == "CeleryExecutor":
+            self.overrides |= {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": broker,
+                "AIRFLOW__CELERY__RESULT_BACKEND": backend,
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
+                "AIRFLOW__CELERY__DEFAULT_QUEUE": self.queue,
+            }
+        else:
+            self.overrides["AIRFLOW__CORE__EXECUTOR"] = "cart_recovery.executor.PreloadingLocalExecutor"
         self.up = UpProcess(db_url=database.url, airflow_home=home, env_overrides=self.overrides)
         self.workers: list[subprocess.Popen] = []
 
-    def start(self) -> CeleryStack:
+    def start(self) -> Stack:
         self.up.start()
         return self
 
@@ -133,28 +144,36 @@ class CeleryStack:
                 )
             )
 
-    def worker_of(self, pid: int) -> subprocess.Popen | None:
-        """The worker whose process tree holds ``pid``."""
-        for worker in self.workers:
-            try:
-                tree = {
-                    worker.pid,
-                    *(child.pid for child in psutil.Process(worker.pid).children(recursive=True)),
-                }
-            except psutil.NoSuchProcess:
-                continue
-            if pid in tree:
-                return worker
-        return None
+    def worker_of(self, pid: int) -> psutil.Process | None:
+        """The worker running the task process ``pid``: a Celery worker whose process tree holds
+        it, or the LocalExecutor's worker process above it."""
+        if self.executor == "CeleryExecutor":
+            for worker in self.workers:
+                try:
+                    main = psutil.Process(worker.pid)
+                    if pid in {main.pid, *(child.pid for child in main.children(recursive=True))}:
+                        return main
+                except psutil.NoSuchProcess:
+                    continue
+            return None
+        try:
+            return next(
+                (p for p in psutil.Process(pid).parents() if "LocalExecutor" in " ".join(p.cmdline())), None
+            )
+        except psutil.NoSuchProcess:
+            return None
 
-    def kill_tree(self, worker: subprocess.Popen) -> None:
-        """SIGKILL the worker and every process under it at once, as when its machine is lost."""
-        processes = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+    def kill_tree(self, worker: psutil.Process) -> None:
+        """SIGKILL the worker and every process under it at once, as when its machine is lost
+        (the task runs in a process group of its own: killing the worker's group would miss it)."""
+        processes = [worker, *worker.children(recursive=True)]
         for process in processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-        worker.wait()
-        psutil.wait_procs(processes[1:], timeout=10)
+        for popen in self.workers:
+            if popen.pid == worker.pid:
+                popen.wait()
+        psutil.wait_procs(processes, timeout=10)
 
     def logs(self) -> str:
         parts = []
@@ -164,23 +183,42 @@ class CeleryStack:
         return "\n".join(parts)
 
     def stop(self) -> None:
+        """Workers first, then ``up`` as a user stops it (Ctrl-C); whatever of its components
+        still runs is killed, so none writes into the next stack's database of the same name."""
         for worker in self.workers:
             if worker.poll() is None:
-                self.kill_tree(worker)
-        self.up.kill()
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.kill_tree(psutil.Process(worker.pid))
+        components = [int(pid) for pid in COMPONENT_PID.findall(self.up.output(chars=200_000))]
+        with contextlib.suppress(AssertionError):  # StackFailed: it did not stop in time, killed
+            self.up.stop(timeout=90)
+        for pid in components:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                process = psutil.Process(pid)
+                if process.environ().get("AIRFLOW_HOME") == str(self.home):  # ours, not a reused pid
+                    self.kill_tree(process)
 
 
-@pytest.fixture(scope="module")
-def stack(plan, database, tmp_path_factory) -> Iterator[CeleryStack]:
-    celery = CeleryStack(database, tmp_path_factory.mktemp("celery") / "airflow").start()
+@pytest.fixture(scope="module", params=["LocalExecutor", "CeleryExecutor"])
+def stack(request, plan, database, tmp_path_factory) -> Iterator[Stack]:
+    if request.param == "CeleryExecutor" and not _redis_answers():
+        pytest.fail("the CeleryExecutor case needs Redis on 127.0.0.1:6379")
+    reset(database.url, plan[0])
+    started = Stack(database, tmp_path_factory.mktemp(request.param) / "airflow", request.param).start()
     try:
-        yield celery
+        yield started
     finally:
-        celery.stop()
+        started.stop()
         drop_copies(database, database.airflow.database)
+        # bootstrap's note that this Airflow database is migrated: the next stack makes a new one
+        execute(
+            database.url,
+            "delete from ops.airflow_metadata where database_name = %s",
+            (database.airflow.database,),
+        )
 
 
-def _send_tasks(stack: CeleryStack) -> dict[int, list[dict]]:
+def _send_tasks(stack: Stack) -> dict[int, list[dict]]:
     """Each stage's send_due task instances, over its runs."""
     found: dict[int, list[dict]] = {}
     for stage in STAGES:
@@ -194,18 +232,20 @@ def _send_tasks(stack: CeleryStack) -> dict[int, list[dict]]:
     return found
 
 
-def test_two_celery_workers_send_each_row_once_when_one_is_killed_mid_batch(plan, stack, database):
+def test_the_stages_send_each_row_once_when_a_worker_is_killed_mid_batch(plan, stack, database):
     sim, as_of = plan
     url, up = database.url, stack.up
     user, password = admin_credentials()
     up.login(user, password)
-    stack.start_workers(2)
+    if stack.executor == "CeleryExecutor":
+        stack.start_workers(2)
     wanted = {f"recovery_stage_{stage}" for stage in STAGES}
     up.wait_for(
         lambda: wanted <= {d["dag_id"] for d in up.api("dags?limit=100")["dags"]}, 300, "the stage DAGs"
     )
 
-    sim.whatsapp.knobs.response_delay = 1.0  # each chunk's answers come a second after Meta took it
+    # each chunk's answers come seconds after Meta took it: time to find the task and kill its worker
+    sim.whatsapp.knobs.response_delay = 5.0
     for stage in STAGES:
         up.set_paused(f"recovery_stage_{stage}", False)
 
@@ -231,7 +271,7 @@ def test_two_celery_workers_send_each_row_once_when_one_is_killed_mid_batch(plan
     ]
     victim = next((w for ti in running if (w := stack.worker_of(ti["pid"])) is not None), None)
     assert victim is not None, f"the worker running {mid_send}: {running}"
-    killed = {ti["dag_id"] for ti in running if stack.worker_of(ti["pid"]) is victim}
+    killed = {ti["dag_id"] for ti in running if stack.worker_of(ti["pid"]) == victim}
     stack.kill_tree(victim)  # the worker and its tasks (each in a process group of its own)
     left_sending = {key for key, row in outbox(url).items() if row["status"] == "sending"}
     sim.whatsapp.knobs.response_delay = 0
@@ -269,10 +309,11 @@ def test_two_celery_workers_send_each_row_once_when_one_is_killed_mid_batch(plan
     assert any(
         spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1] for a in STAGES for b in STAGES if a < b
     ), spans
-    for n in range(len(stack.workers)):
+    for n in range(len(stack.workers)):  # Celery: both workers ran send tasks
         log = (stack.home.parent / f"worker-{n}.log").read_text(errors="replace")
         assert "task_id=send_due" in log, f"worker {n} ran no send task"
     print(
-        f"sent {len(sent)} (WhatsApp {len(sim.whatsapp.messages())}, email {len(sim.smtp.messages)}); "
+        f"{stack.executor}: sent {len(sent)} "
+        f"(WhatsApp {len(sim.whatsapp.messages())}, email {len(sim.smtp.messages)}); "
         f"killed {sorted(killed)} with {len(left_sending)} rows sending, {len(still_sending)} left so"
     )

@@ -14,6 +14,7 @@ other Celery worker) with the same trigger event. Nothing may be sent twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -46,8 +47,27 @@ from cart_recovery.simulator import Simulator
 pytestmark = pytest.mark.slow
 
 REDIS = ("127.0.0.1", 6379)
+QUEUE_PREFIX = "cart-recovery-once-"
 COMPONENT_PID = re.compile(r"started [a-z-]+ \(pid (\d+)\)")
 STAGES = (1, 2, 3)
+
+
+def forget_queue(prefix: str) -> None:
+    """Remove this test's Celery queues from the shared Redis: their lists, kombu's bindings and
+    the unacknowledged messages of killed workers routed to them (nothing else is touched)."""
+    import redis
+
+    client = redis.Redis(host=REDIS[0], port=REDIS[1], db=0)
+    for key in client.scan_iter(match=f"*{prefix}*"):
+        client.delete(key)
+    for tag, raw in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if isinstance(routing_key, str) and routing_key.startswith(prefix):
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
 
 
 def _redis_answers() -> bool:
@@ -78,7 +98,7 @@ class Stack:
         self.database = database
         self.home = home
         self.executor = executor
-        self.queue = f"cart-recovery-once-{secrets.token_hex(4)}"
+        self.queue = f"{QUEUE_PREFIX}{secrets.token_hex(4)}"
         broker = f"redis://{REDIS[0]}:{REDIS[1]}/0"
         backend = "db+" + self.database.airflow.set(drivername="postgresql").render_as_string(
             hide_password=False
@@ -197,6 +217,8 @@ class Stack:
                 process = psutil.Process(pid)
                 if process.environ().get("AIRFLOW_HOME") == str(self.home):  # ours, not a reused pid
                     self.kill_tree(process)
+        if self.executor == "CeleryExecutor":
+            forget_queue(self.queue)
 
 
 @pytest.fixture(scope="module", params=["LocalExecutor", "CeleryExecutor"])

@@ -101,7 +101,7 @@ def _run(stage: int, as_of=AS_OF):
     return run, states
 
 
-def test_stage_one_sends_the_due_plan_through_whatsapp_and_email_once(pipeline, database):
+def test_the_stages_send_the_due_plan_once_and_create_the_coupons(pipeline, database):
     sim = pipeline
     due = _rows(
         database,
@@ -160,10 +160,12 @@ def test_stage_one_sends_the_due_plan_through_whatsapp_and_email_once(pipeline, 
     assert len(sim.smtp.messages) == len(sent_email)
     assert _summary(again, 1) is None or _summary(again, 1)["enqueued"] == 0
 
+    # then stage 2, in the stages' real order (one test: pytest-randomly must not reverse them)
+    _stage_two_creates_the_coupons_it_sends(sim, database)
 
-def test_stage_two_creates_the_coupons_it_sends(pipeline, database):
-    sim = pipeline
-    # two hours on: an episode's stages go out at least stage_gap (an hour) apart
+
+def _stage_two_creates_the_coupons_it_sends(sim, database):
+    # two hours after stage 1: an episode's stages go out at least stage_gap (an hour) apart
     _run(2, AS_OF + timedelta(hours=2))
     sent = _rows(
         database,

@@ -275,12 +275,6 @@ def test_stop_promotions_131050_suppresses_the_row_and_revokes_whatsapp_consent(
     assert not sim.whatsapp.messages(target["phone"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="guards.FACTS_SQL counts a revocation only when revoked_at <= the batch's moment: a STOP "
-    "that arrives while a batch runs (after its trigger's moment, before the row is claimed) is "
-    "ignored and the message goes out",
-)
 def test_a_stop_that_arrives_while_the_batch_runs_stops_its_rows(sim, database, baseline):
     from cart_recovery.dispatch import consent
 
@@ -372,11 +366,6 @@ def test_a_lost_smtp_answer_is_unknown_and_never_sent_again(sim, database, basel
     assert all(outbox(url)[key]["status"] == "sent" for key in emails if key != plan_key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatcher._result keeps provider_message_id only for SENT: an email whose answer was "
-    "lost loses the Message-ID we made, the only id a bounce can be matched on",
-)
 def test_a_lost_smtp_answer_keeps_the_message_id_for_a_bounce_to_settle(sim, database, baseline):
     sim.smtp.drop_after_data(1)
     dispatch(database.url)

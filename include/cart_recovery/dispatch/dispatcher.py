@@ -250,12 +250,24 @@ async def _send(
         )
 
     outcome = sent[0].outcome
-    if channel == "whatsapp" and outcome in (Outcome.FALLBACK, Outcome.STOP):
-        # not reachable on WhatsApp (131026, 131047) or promotions stopped there (131050): email
-        # where the person gave email consent, as a STOP recorded before the claim would
-        notes["whatsapp"] = f"{outcome.value}:{sent[0].error_code}"
-        revoke = facts["phone"] if outcome is Outcome.STOP else None
-        reason = "stop_promotions" if outcome is Outcome.STOP else "whatsapp_unreachable"
+    if channel == "whatsapp" and outcome is Outcome.STOP:
+        # 131050, "stop promotions": suppressed and message consent revoked (DOMAIN.md), no retry
+        notes["whatsapp"] = f"stop:{sent[0].error_code}"
+        return _result(
+            row,
+            sent,
+            channel,
+            recipient,
+            clock,
+            coupon,
+            notes,
+            status="suppressed",
+            reason="stop_promotions",
+            revoke=facts["phone"],
+        )
+    if channel == "whatsapp" and outcome is Outcome.FALLBACK:
+        # not reachable on WhatsApp (131026, 131047): email where the person gave email consent
+        notes["whatsapp"] = f"fallback:{sent[0].error_code}"
         if not (facts["email"] and facts["email_consent"] and not facts["email_revoked"]):
             return _result(
                 row,
@@ -266,8 +278,7 @@ async def _send(
                 coupon,
                 notes,
                 status="suppressed",
-                reason=reason,
-                revoke=revoke,
+                reason="whatsapp_unreachable",
             )
         try:
             channel, recipient = "email", facts["email"]
@@ -281,12 +292,10 @@ async def _send(
                 "whatsapp",
                 facts["phone"],
                 clock.now(),
-                reason=reason,
+                reason="whatsapp_unreachable",
                 error=f"email fallback: {type(exc).__name__}: {exc}",
                 guards=notes,
-                revoke_whatsapp=revoke,
             )
-        return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings, revoke=revoke)
     return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings)
 
 
@@ -333,7 +342,11 @@ def _result(
         at=at,
         template=template,
         due_at=due_at,
-        provider_message_id=result.provider_message_id if result.outcome is Outcome.SENT else None,
+        # an answer lost after the data went out keeps the id we gave the message (an email's
+        # Message-ID): the only id a bounce or a status callback can settle it by
+        provider_message_id=result.provider_message_id
+        if result.outcome in (Outcome.SENT, Outcome.UNKNOWN)
+        else None,
         provider_response=result.response,
         rendered_text=text,
         coupon_code=coupon.code if coupon else None,

@@ -15,8 +15,37 @@ from cart_recovery import settings
 from cart_recovery.dispatch.sensor import DuePlanSensor
 from cart_recovery.transform import ASSET_RECOVERY_PLAN
 
+WHAT = {
+    1: "the gentle reminder (30 minutes after the last activity, no coupon)",
+    2: "the follow-up (4 hours, the stage-2 coupon where the segment allows it)",
+    3: "the last call (24 hours, the stage-3 coupon and free shipping where allowed)",
+}
 
-def build_stage_dag(stage: int, doc_md: str | None = None):
+DOC = """
+### recovery_stage_{stage}
+
+Sends stage {stage} of the recovery sequence: {what}. The timing, the channel, the template and
+the coupon come from `marts.recovery_plan` (dbt; analysts change them in the policy seeds).
+
+- **Schedule:** `@continuous`, one run at a time. Each run's `wait_for_due` is a deferrable
+  sensor: its trigger (`DuePlanTrigger` in `plugins/`) sleeps until the stage's next plan row
+  falls due, re-reading the plan at least every 10 s, so a new `cart_transform` build (the Asset
+  `cart-recovery://warehouse/marts/recovery_plan`) is seen at once and no worker slot is held
+  while waiting. With nothing due for an hour the run ends as skipped and the next one waits.
+- **send_due** moves the due rows into `ops.recovery_outbox`, claims them (exactly once, even with
+  two dispatchers or a retried task), checks the send-time guards against live data (an order
+  since the cart, consent, a newer cart, an open conversation, the frequency cap, quiet hours,
+  holdout), creates the coupon through the shop, sends over WhatsApp or email and records the
+  answer. Its XCom and log line count the run's messages by outcome and reason.
+- **Pause** this Airflow DAG to hold stage {stage}: due rows wait in the plan and are sent (or expire,
+  6 hours past due) when it is unpaused.
+- **Replay:** trigger with the param `as_of` to send what was due at that moment.
+
+See docs/dispatch.md for the outbox states and the guards.
+"""
+
+
+def build_stage_dag(stage: int):
     @dag(
         dag_id=f"recovery_stage_{stage}",
         # Always one run waiting: its sensor is deferred (no worker slot) until the stage's next
@@ -39,7 +68,7 @@ def build_stage_dag(stage: int, doc_md: str | None = None):
                 description="Replay: send what was due at this moment (ISO 8601) instead of waiting.",
             )
         },
-        doc_md=doc_md,
+        doc_md=DOC.format(stage=stage, what=WHAT[stage]),
     )
     def stage_dag():
         wait_for_due = DuePlanSensor(task_id="wait_for_due", stage=stage, as_of="{{ params.as_of }}")

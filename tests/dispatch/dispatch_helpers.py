@@ -24,15 +24,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
-from psycopg2.extras import RealDictCursor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dbt"))
 
 from dbt_raw_rows import run_dbt
 from polling_helpers import INTERVAL_END
+from warehouse_rows import execute, rows
 
 from cart_recovery.dispatch.config import DispatchSettings
 from cart_recovery.simulator import Simulator, run_simulator
@@ -97,25 +96,6 @@ def reset(url: str, sim: Simulator) -> None:
     sim.state.knobs.fail_every = 0
     sim.state.knobs.read_only_keys = False
     sim.state.coupons.clear()
-
-
-def rows(url: str, sql: str, params: tuple | dict = ()) -> list[dict]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
-            cursor.execute(sql, params)
-            return [dict(row) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-
-
-def execute(url: str, sql: str, params: tuple | dict = ()) -> None:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cursor:
-            cursor.execute(sql, params)
-    finally:
-        conn.close()
 
 
 def outbox(url: str, stage: int | None = None) -> dict[str, dict]:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from psycopg2.extras import Json, RealDictCursor
+from psycopg2.extras import Json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow puts it on the path
 
 from dbt_raw_rows import run_dbt, shopify_customer, shopify_order
 from recovery_story import AS_OF, story
+from warehouse_rows import execute, rows
 
 from cart_recovery.dispatch import outbox
 from cart_recovery.dispatch.config import DispatchSettings
@@ -59,25 +60,6 @@ def url(built) -> Iterator[str]:
             "delete from raw.webhook_events where delivery_id like 'after-build-%%'"
         )
     conn.close()
-
-
-def rows(url: str, sql: str, params: tuple = ()) -> list[dict]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
-            cursor.execute(sql, params)
-            return [dict(row) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-
-
-def execute(url: str, sql: str, params: tuple | dict = ()) -> None:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cursor:
-            cursor.execute(sql, params)
-    finally:
-        conn.close()
 
 
 def claim_all(url: str, stage: int, claimer: str = "test", settings: DispatchSettings = SETTINGS):

@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg2
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
-from psycopg2.extras import RealDictCursor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # review_story
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # the 
 from dbt_raw_rows import run_dbt
 from recovery_story import AS_OF, SHOPIFY
 from review_story import EMPTY_CHECKOUT, review_story
+from warehouse_rows import rows
 
 from cart_recovery.dispatch import outbox
 from cart_recovery.dispatch.config import DispatchSettings
@@ -70,16 +70,6 @@ def sim(built) -> Iterator:
         env.setenv("CART_RECOVERY_PUBLIC_URL", "https://hooks.example.test")
         sim.whatsapp.knobs.pair_interval = 0
         yield sim
-
-
-def rows(url: str, sql: str, params: tuple | dict = ()) -> list[dict]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
-            cursor.execute(sql, params)
-            return [dict(row) for row in cursor.fetchall()]
-    finally:
-        conn.close()
 
 
 def test_one_cart_that_cannot_be_rendered_does_not_lose_the_chunk(url, sim):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from psycopg2.extras import Json, RealDictCursor
+from psycopg2.extras import Json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # review_story
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
@@ -33,6 +33,7 @@ from review_story import (
     SHARED_WOO_CART,
     review_story,
 )
+from warehouse_rows import execute, rows
 
 from cart_recovery.dispatch import consent, outbox
 from cart_recovery.dispatch.config import DispatchSettings
@@ -68,25 +69,6 @@ def url(built) -> Iterator[str]:
             "delete from raw.webhook_events where delivery_id like 'review-%%'"
         )
     conn.close()
-
-
-def rows(url: str, sql: str, params: tuple | dict = ()) -> list[dict]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
-            cursor.execute(sql, params)
-            return [dict(row) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-
-
-def execute(url: str, sql: str, params: tuple | dict = ()) -> None:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cursor:
-            cursor.execute(sql, params)
-    finally:
-        conn.close()
 
 
 def claim_all(url: str, stage: int, now=NOW, settings: DispatchSettings = SETTINGS, claimer: str = "review"):

@@ -243,10 +243,7 @@ async def _send(
             reason="not_prepared",
             error=f"{type(exc).__name__}: {exc}",
             guards=notes or None,
-            coupon_code=coupon.code if coupon else None,
-            coupon_pct=coupon.pct if coupon else None,
-            coupon_free_shipping=coupon.free_shipping if coupon else None,
-            coupon_expires_at=coupon.expires_at if coupon else None,
+            **_coupon_fields(coupon),
         )
 
     outcome = sent[0].outcome
@@ -299,6 +296,16 @@ async def _send(
     return _result(row, sent, channel, recipient, clock, coupon, notes, settings=settings)
 
 
+def _coupon_fields(coupon: Coupon | None) -> dict[str, Any]:
+    """The coupon's columns of an outbox Result (all None without a coupon)."""
+    return {
+        "coupon_code": coupon.code if coupon else None,
+        "coupon_pct": coupon.pct if coupon else None,
+        "coupon_free_shipping": coupon.free_shipping if coupon else None,
+        "coupon_expires_at": coupon.expires_at if coupon else None,
+    }
+
+
 def _crashed(row: outbox.Claimed, error: BaseException, clock: Clock) -> outbox.Result:
     """A send that raised past every handler: the request may have gone out, so ``unknown``."""
     log.error("send of %s ended with %r; recorded unknown, never re-sent", row.plan_key, error)
@@ -349,10 +356,7 @@ def _result(
         else None,
         provider_response=result.response,
         rendered_text=text,
-        coupon_code=coupon.code if coupon else None,
-        coupon_pct=coupon.pct if coupon else None,
-        coupon_free_shipping=coupon.free_shipping if coupon else None,
-        coupon_expires_at=coupon.expires_at if coupon else None,
+        **_coupon_fields(coupon),
         error_code=result.error_code,
         error=result.error,
         guards=notes or None,

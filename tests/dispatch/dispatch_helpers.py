@@ -141,9 +141,10 @@ def assert_each_sent_once(sim: Simulator, url: str) -> dict[str, dict]:
     assert not twice, f"plan rows sent more than once: {twice}"
     for plan_key, message_id in ids.items():
         row = stored[plan_key]
-        assert row["status"] in ("sent", "delivered", "read", "sending", "unknown"), row
+        # failed: taken, then reported undeliverable in a status callback
+        assert row["status"] in ("sent", "delivered", "read", "failed", "sending", "unknown"), row
         assert row["provider_message_id"] in (None, message_id), row
-        if row["status"] in ("sent", "delivered", "read"):
+        if row["status"] in ("sent", "delivered", "read", "failed"):
             assert row["provider_message_id"] == message_id, row
     sent = {key for key, row in stored.items() if row["status"] in ("sent", "delivered", "read")}
     assert sent <= set(ids), f"rows recorded as sent that no provider took: {sent - set(ids)}"

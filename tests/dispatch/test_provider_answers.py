@@ -22,6 +22,7 @@ from dispatch_helpers import (
     assert_each_sent_once,
     emailed_plan_rows,
     outbox,
+    post_status,
     reset,
     rows,
     simulated_plan,
@@ -102,6 +103,12 @@ def whatsapp_channels(url: str, **options) -> Channels:
         email=EmailSender.from_connection(),
         coupons=lambda shop_id: issuer_for(shops[shop_id], url),
     )
+
+
+def coupons_made(sim: Simulator, url: str) -> int:
+    """Coupons created so far: in the fake shops' books and taken from the operator's pool."""
+    [pooled] = rows(url, "select count(*) as n from ops.coupon_pool where plan_key is not null")
+    return sum(len(book.all()) for book in sim.state.coupons.values()) + pooled["n"]
 
 
 def by_key(url: str, keys) -> dict[str, dict]:
@@ -324,6 +331,62 @@ def test_not_on_whatsapp_131026_falls_back_to_email_where_email_consent_allows(s
     assert not sim.whatsapp.messages(with_email["phone"]) and not sim.whatsapp.messages(without["phone"])
     others = set(whatsapp) - {with_email["plan_key"], without["plan_key"]}
     assert all(stored[key]["status"] == "sent" and stored[key]["channel"] == "whatsapp" for key in others)
+
+
+def test_a_131026_reported_later_in_a_failed_status_falls_back_to_email_once(sim, database, baseline):
+    """Meta usually accepts a message to a number without WhatsApp and reports 131026 in a later
+    ``failed`` status: the stage then goes by email (carrying the WhatsApp message's coupon, if it
+    had one), once, however often Meta repeats the callback; without email consent nothing more is
+    sent."""
+    from fastapi.testclient import TestClient
+
+    from cart_recovery.webhooks.app import create_app
+    from cart_recovery.webhooks.config import WebhookConfig
+
+    url, whatsapp = database.url, whatsapp_rows(baseline)
+    with_email = next(row for row in whatsapp.values() if row["email_consent"] and row["email"])
+    without = next(row for row in whatsapp.values() if not row["email_consent"])
+    sim.whatsapp.fail_later(131026, with_email["phone"], without["phone"])
+    dispatch(url)
+    first = assert_each_sent_once(sim, url)
+    assert first[with_email["plan_key"]]["status"] == first[without["plan_key"]]["status"] == "sent"
+    assert not sim.smtp.to(with_email["email"])
+    made_for_whatsapp = coupons_made(sim, url)
+    with TestClient(create_app(WebhookConfig.from_env(database_url=url))) as client:
+        for row in (with_email, without):
+            [message] = sim.whatsapp.messages(row["phone"])
+            post_status(client, sim, message.id, "sent", AS_OF + timedelta(seconds=30))
+            for _ in range(2):  # Meta retries a delivery it thinks was lost
+                post_status(client, sim, message.id, "failed", AS_OF + timedelta(minutes=2))
+    failed = outbox(url)[with_email["plan_key"]]
+    assert (failed["status"], failed["channel"], failed["error_code"]) == ("failed", "whatsapp", "131026")
+
+    for minutes in (3, 4):  # the next run sends the fallback; the one after finds nothing to do
+        dispatch(url, AS_OF + timedelta(minutes=minutes))
+    stored = assert_each_sent_once(sim, url)
+    fallbacks = {row["fallback_of"]: row for row in stored.values() if row["fallback_of"] is not None}
+    assert set(fallbacks) == {failed["outbox_id"], stored[without["plan_key"]]["outbox_id"]}
+    emailed = fallbacks[failed["outbox_id"]]
+    assert (emailed["status"], emailed["channel"], emailed["recipient"], emailed["stage"]) == (
+        "sent",
+        "email",
+        with_email["email"],
+        1,
+    )
+    assert emailed["cart_key"] == failed["cart_key"] and emailed["guards"]["whatsapp"] == "fallback:131026"
+    # the WhatsApp message's coupon terms (none in stage 1 here), not a second coupon
+    assert (emailed["coupon_code"], emailed["coupon_expires_at"]) == (
+        failed["coupon_code"],
+        failed["coupon_expires_at"],
+    )
+    assert coupons_made(sim, url) == made_for_whatsapp
+    [mail] = sim.smtp.to(with_email["email"])
+    assert dict(emailed_plan_rows(sim))[emailed["plan_key"]] == mail.message_id
+    assert mail.header("List-Unsubscribe")
+    unreachable = fallbacks[stored[without["plan_key"]]["outbox_id"]]
+    assert (unreachable["status"], unreachable["reason"]) == ("suppressed", "whatsapp_unreachable")
+    for row in (with_email, without):
+        assert len(sim.whatsapp.messages(row["phone"])) == 1
 
 
 # -- email -------------------------------------------------------------------------------------------

@@ -573,6 +573,25 @@ def test_status_callbacks_arrive_signed_and_land_in_raw(simulator, webhook_servi
     ]
 
 
+def test_a_failure_meta_reports_later_comes_in_a_signed_failed_status(simulator, webhook_service, database):
+    to = _number()
+    simulator.whatsapp.fail_later(131026, to)
+    [result] = _send(None, template(to, callback_data="plan-43:1"))
+    assert result.outcome is Outcome.SENT  # accepted: the failure is known only later
+    rows = _stored(database, result.provider_message_id, 2)
+    assert [(topic, delivery) for topic, delivery, _ in rows] == [
+        ("statuses", f"{result.provider_message_id}:sent"),
+        ("statuses", f"{result.provider_message_id}:failed"),
+    ]
+    [failed] = rows[1][2]["entry"][0]["changes"][0]["value"]["statuses"]
+    assert failed["status"] == "failed" and failed["biz_opaque_callback_data"] == "plan-43:1"
+    [error] = failed["errors"]
+    assert (error["code"], error["title"]) == (131026, "Message Undeliverable")
+    assert error["error_data"]["details"] and "pricing" not in failed
+    with pytest.raises(ValueError, match="error codes"):
+        simulator.whatsapp.fail_later(999999, to)
+
+
 def test_status_callback_modes(simulator, webhook_service, database):
     simulator.whatsapp.knobs.status_callbacks = "delivered"
     [partial] = _send(None, template(_number()))

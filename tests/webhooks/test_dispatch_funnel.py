@@ -356,6 +356,91 @@ def test_delivered_wins_over_failed_in_either_order(client, db):
     assert outbox(db, delivered_first)["status"] == "read"
 
 
+def fallbacks(db, plan_key: str) -> list[dict]:
+    """The email rows queued in place of the WhatsApp row ``plan_key``."""
+    with db.cursor() as cur:
+        cur.execute(
+            "select fallback.plan_key, fallback.channel, fallback.status, fallback.reason, fallback.stage, "
+            "fallback.due_at, fallback.coupon_code, fallback.coupon_pct, fallback.coupon_expires_at, "
+            "fallback.template, fallback.recipient "
+            "from ops.recovery_outbox as fallback "
+            "join ops.recovery_outbox as failed on failed.outbox_id = fallback.fallback_of "
+            "where failed.plan_key = %s",
+            (plan_key,),
+        )
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        (131026, "Message undeliverable", "Message Undeliverable."),
+        (131047, "Re-engagement message", "More than 24 hours have passed since the recipient last replied."),
+    ],
+)
+def test_failed_131026_or_131047_queues_the_stage_by_email_once(client, db, error):
+    wamid, phone = _wamid(), _phone()
+    expires = T0 + timedelta(hours=48)
+    plan_key = insert_outbox(
+        db,
+        provider_message_id=wamid,
+        recipient=phone,
+        stage=2,
+        template="cart_reminder_coupon_tr",
+        coupon_code="GERI-7Q2M",
+        coupon_pct=10,
+        coupon_free_shipping=False,
+        coupon_expires_at=expires,
+    )
+    failed_at = T0 + timedelta(minutes=2)
+    first = status(wamid, "failed", failed_at, phone, plan_key=plan_key, error=error)
+    post(client, webhook(statuses=[first]))
+    # Meta repeats it (another delivery of the same status, a second later)
+    again = status(wamid, "failed", failed_at + timedelta(seconds=1), phone, plan_key=plan_key, error=error)
+    post(client, webhook(statuses=[again]))
+    assert outbox(db, plan_key)["status"] == "failed"
+    [queued] = fallbacks(db, plan_key)
+    assert queued == {
+        "plan_key": f"{plan_key}:email",
+        "channel": "email",
+        "status": "queued",
+        "reason": None,
+        "stage": 2,
+        "due_at": failed_at,
+        "coupon_code": "GERI-7Q2M",
+        "coupon_pct": 10,
+        "coupon_expires_at": expires,
+        "template": "cart_reminder_coupon_tr",
+        "recipient": None,  # the claim fills in the email, after the guards
+    }
+
+
+def test_other_failures_and_failed_emails_queue_nothing(client, db):
+    phone = _phone()
+    ecosystem = (131049, "This message was not delivered to maintain healthy ecosystem engagement.", "x")
+    undeliverable = (131026, "Message undeliverable", "Message Undeliverable.")
+    wamid = _wamid()
+    plan_key = insert_outbox(db, provider_message_id=wamid, recipient=phone)
+    post(client, webhook(statuses=[status(wamid, "failed", T0, phone, error=ecosystem)]))
+    email_id = f"<{uuid.uuid4().hex}@mail.example>"
+    email_row = insert_outbox(db, channel="email", recipient="ayse@example.com", provider_message_id=email_id)
+    post(client, webhook(statuses=[status(email_id, "failed", T0, phone, error=undeliverable)]))
+    assert fallbacks(db, plan_key) == [] and fallbacks(db, email_row) == []
+
+
+def test_delivered_after_failed_withdraws_the_queued_email(client, db):
+    wamid, phone = _wamid(), _phone()
+    plan_key = insert_outbox(db, provider_message_id=wamid, recipient=phone)
+    error = (131026, "Message undeliverable", "Message Undeliverable.")
+    post(client, webhook(statuses=[status(wamid, "failed", T0 + timedelta(minutes=2), phone, error=error)]))
+    assert [row["status"] for row in fallbacks(db, plan_key)] == ["queued"]
+    post(client, webhook(statuses=[status(wamid, "delivered", T0 + timedelta(minutes=1), phone)]))
+    assert outbox(db, plan_key)["status"] == "delivered"
+    [withdrawn] = fallbacks(db, plan_key)
+    assert (withdrawn["status"], withdrawn["reason"]) == ("suppressed", "whatsapp_delivered")
+
+
 def test_failed_131050_revokes_whatsapp_consent(client, db):
     wamid, phone = _wamid(), _phone()
     plan_key = insert_outbox(db, provider_message_id=wamid, recipient=phone)

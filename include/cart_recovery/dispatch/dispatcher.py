@@ -224,6 +224,8 @@ async def _send(
     notes: dict[str, str] = {}
     shop = shops.get(facts["shop_id"])
     coupon: Coupon | None = None
+    if facts.get("fallback_of") is not None:
+        notes["whatsapp"] = f"fallback:{facts['fallback_error']}"
     try:
         coupon = await _coupon(facts, shop, clock, settings, channels, notes)
         template = _template(facts, coupon, no_coupon_templates)
@@ -434,7 +436,10 @@ def _offers_coupon(facts: Mapping[str, Any]) -> bool:
 
 
 async def _coupon(facts, shop, clock, settings, channels, notes) -> Coupon | None:
-    """The row's coupon, created now through the shop; None (noted) when it cannot be."""
+    """The row's coupon, created now through the shop; None (noted) when it cannot be. An email
+    that stands in for an undelivered WhatsApp message carries that message's coupon, if any."""
+    if facts.get("fallback_of") is not None:
+        return _fallback_coupon(facts, clock.now(), notes)
     if not _offers_coupon(facts):
         return None
     now = clock.now()
@@ -462,6 +467,21 @@ async def _coupon(facts, shop, clock, settings, channels, notes) -> Coupon | Non
         log.warning("coupon for %s not created: %s", facts["plan_key"], exc)
         notes["coupon"] = f"failed: {exc}"
         return None
+
+
+def _fallback_coupon(facts, now: datetime, notes: dict[str, str]) -> Coupon | None:
+    code, expires_at = facts["fallback_coupon_code"], facts["fallback_coupon_expires_at"]
+    if code is None:
+        return None
+    if expires_at is not None and expires_at <= now:
+        notes["coupon"] = f"skipped: {code} expired before the email fallback"
+        return None
+    return Coupon(
+        code=code,
+        pct=Decimal(facts["fallback_coupon_pct"] or 0),
+        free_shipping=bool(facts["fallback_coupon_free_shipping"]),
+        expires_at=expires_at,
+    )
 
 
 def _context(facts, shop, template, coupon, channel) -> MessageContext:

@@ -58,8 +58,15 @@ REPLAN_WAIT = timedelta(minutes=5)
 FACTS_SQL = """
 with claimed as (
     select outbox.plan_key, outbox.cart_key, outbox.stage, outbox.shop_id, outbox.platform,
-        outbox.due_at as outbox_due_at, outbox.planned_due_at, outbox.attempts
+        outbox.due_at as outbox_due_at, outbox.planned_due_at, outbox.attempts,
+        -- an email queued because WhatsApp reported the message undeliverable: its error, and
+        -- the coupon that message carried
+        outbox.fallback_of, failed.error_code as fallback_error,
+        outbox.coupon_code as fallback_coupon_code, outbox.coupon_pct as fallback_coupon_pct,
+        outbox.coupon_free_shipping as fallback_coupon_free_shipping,
+        outbox.coupon_expires_at as fallback_coupon_expires_at
     from ops.recovery_outbox as outbox
+    left join ops.recovery_outbox as failed on failed.outbox_id = outbox.fallback_of
     where outbox.plan_key = any(%(plan_keys)s)
 ),
 
@@ -310,7 +317,7 @@ def evaluate(
 
     channel = _channel(facts)
     if channel is None:
-        return stop("suppress", "no_consent")
+        return stop("suppress", "whatsapp_unreachable" if facts.get("fallback_of") else "no_consent")
     guards["consent"] = "pass" if channel == facts["plan_channel"] else f"pass:fallback_{channel}"
 
     if facts["episode_messages"] >= 3:
@@ -351,9 +358,12 @@ def evaluate(
 
 
 def _channel(facts: Mapping[str, Any]) -> str | None:
-    """The plan's channel if its consent still holds, else email where email consent exists."""
+    """The plan's channel if its consent still holds, else email where email consent exists; only
+    email for the fallback of a WhatsApp message that could not be delivered."""
     whatsapp_ok = facts["phone"] is not None and facts["message_consent"] and not facts["whatsapp_revoked"]
     email_ok = facts["email"] is not None and facts["email_consent"] and not facts["email_revoked"]
+    if facts.get("fallback_of") is not None:
+        return "email" if email_ok else None
     if facts["plan_channel"] == "whatsapp" and whatsapp_ok:
         return "whatsapp"
     if email_ok:

@@ -17,8 +17,9 @@ What it enforces, each switchable through ``WhatsAppState.knobs`` or a registry 
 - the pair rate: one message per ``pair_interval`` seconds (6) to the same person (131056);
 - free-form ``text`` only within 24 hours of the person's last message (131047);
 - numbers not on WhatsApp (131026) and numbers that stopped promotions (131050, MARKETING only).
-  Meta often reports these two later, in a ``failed`` status callback; the fake answers them at
-  once so that a client's handling of each code can be exercised.
+  Meta often reports these two later, in a ``failed`` status callback: by default the fake answers
+  them at once, so that a client's handling of each code can be exercised; ``fail_later`` makes it
+  accept the message and report the error in its ``failed`` status callback instead.
 
 Every accepted message is logged (``messages()``, ``GET /whatsapp/_log``). When a webhook URL is
 set (``set_webhook``), each accepted message is followed by signed status callbacks (sent,
@@ -190,6 +191,7 @@ class AcceptedMessage:
     text: str | None
     callback_data: str | None
     accepted_at: float  # epoch seconds
+    fails_with: int | None = None  # the error its ``failed`` status callback reports (fail_later)
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "parameters": list(self.parameters)}
@@ -283,6 +285,7 @@ class WhatsAppState:
         self._deliveries: list[CallbackDelivery] = []
         self._not_on_whatsapp: set[str] = set()
         self._stopped_marketing: set[str] = set()
+        self._fail_later: dict[str, int] = {}  # wa_id -> the error its failed status carries
         self._last_inbound: dict[str, float] = {}  # wa_id -> epoch seconds
         self._last_sent: dict[tuple[str, str], float] = {}  # (phone number id, wa_id) -> monotonic
         self._buckets: dict[str, _Bucket] = {}
@@ -319,6 +322,15 @@ class WhatsAppState:
         with self._lock:
             self._not_on_whatsapp.update(wa_id(n) for n in numbers)
 
+    def fail_later(self, code: int, *numbers: str) -> None:
+        """Messages to these numbers are accepted (a ``wamid.`` id), then reported ``sent`` and
+        ``failed`` with error ``code`` in the status callbacks, as Meta reports an undeliverable
+        message (131026) or a stop (131050) it found out about after the answer."""
+        if code not in ERRORS:
+            raise ValueError(f"fail_later needs one of the fake's error codes, not {code}")
+        with self._lock:
+            self._fail_later.update({wa_id(n): code for n in numbers})
+
     def stop_promotions(self, *numbers: str) -> None:
         """These people tapped "Stop promotions": MARKETING templates to them answer 131050."""
         with self._lock:
@@ -348,6 +360,7 @@ class WhatsAppState:
                 self._deliveries,
                 self._not_on_whatsapp,
                 self._stopped_marketing,
+                self._fail_later,
                 self._last_inbound,
                 self._last_sent,
                 self._buckets,
@@ -456,6 +469,7 @@ class WhatsAppState:
                 text=text,
                 callback_data=callback_data,
                 accepted_at=now,
+                fails_with=self._fail_later.get(recipient),
             )
             self._messages.append(message)
         return message
@@ -530,6 +544,18 @@ class WhatsAppState:
         }
         if message.callback_data is not None:
             item["biz_opaque_callback_data"] = message.callback_data
+        if status == "failed":
+            code = message.fails_with or 131000
+            _, title, details = ERRORS[code]
+            item["errors"] = [
+                {
+                    "code": code,
+                    "title": title,
+                    "message": title,
+                    "error_data": {"details": details},
+                    "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+                }
+            ]
         if status in ("sent", "delivered"):  # read statuses carry neither object
             category = message.category.lower()
             with self._lock:
@@ -596,7 +622,10 @@ class WhatsAppState:
         mode = self.knobs.status_callbacks
         if self.webhook_url is None or mode == "off":
             return
-        statuses = ("sent", "delivered") if mode == "delivered" else ("sent", "delivered", "read")
+        if message.fails_with is not None:
+            statuses: tuple[str, ...] = ("sent", "failed")
+        else:
+            statuses = ("sent", "delivered") if mode == "delivered" else ("sent", "delivered", "read")
         task = asyncio.get_running_loop().create_task(self._post_statuses(message, statuses))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

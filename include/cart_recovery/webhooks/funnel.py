@@ -28,6 +28,14 @@ Meta sends statuses out of order and more than once, so each one only ever moves
 A failed status with error 131050 (the person tapped "Stop promotions") revokes the recipient's
 WhatsApp consent (source ``whatsapp_131050``), matched row or not.
 
+A failed status with 131026 (not on WhatsApp) or 131047 (outside the 24-hour window) that leaves a
+WhatsApp row ``failed`` queues the same stage by email: an outbox row of its own, ``fallback_of``
+the failed one, keyed ``<plan_key>:email``, due at the failure's time, with the coupon the
+WhatsApp message carried. The stage's dispatcher claims it like any row (its guards, email consent
+only); a repeated callback finds it there (unique ``fallback_of``) and queues nothing. A
+``delivered`` or ``read`` of the WhatsApp message arriving after its ``failed`` suppresses the
+email if it is still queued (``whatsapp_delivered``); once claimed, it goes.
+
 Inbound messages
 ----------------
 Each upserts ``ops.conversations`` (the reply guard: the newest message wins), marks
@@ -50,10 +58,36 @@ from typing import Any
 import psycopg2.extensions
 
 from cart_recovery.dispatch import consent
+from cart_recovery.dispatch.whatsapp import FALLBACK_CODES
 
 log = logging.getLogger(__name__)
 
 STOP_PROMOTIONS_ERROR = "131050"
+# Meta took the message but could not deliver it on WhatsApp: try email (dispatch.whatsapp's codes)
+FALLBACK_ERRORS = frozenset(str(code) for code in FALLBACK_CODES)
+
+QUEUE_FALLBACK_SQL = """
+insert into ops.recovery_outbox (
+    plan_key, cart_key, customer_key, shop_id, platform, stage, channel, template, language,
+    status, planned_due_at, due_at, coupon_code, coupon_pct, coupon_free_shipping, coupon_expires_at,
+    planned_by, fallback_of, created_at, updated_at
+)
+select
+    failed.plan_key || ':email', failed.cart_key, failed.customer_key, failed.shop_id,
+    failed.platform, failed.stage, 'email', failed.template, failed.language,
+    'queued', failed.planned_due_at, greatest(failed.due_at, %(at)s), failed.coupon_code,
+    failed.coupon_pct, failed.coupon_free_shipping, failed.coupon_expires_at,
+    failed.planned_by, failed.outbox_id, %(now)s, %(now)s
+from ops.recovery_outbox as failed
+where failed.outbox_id = %(outbox_id)s
+on conflict do nothing
+"""
+
+CANCEL_FALLBACK_SQL = """
+update ops.recovery_outbox
+set status = 'suppressed', reason = 'whatsapp_delivered', updated_at = %(now)s
+where fallback_of = %(outbox_id)s and status = 'queued'
+"""
 
 # The order a row's status moves in; a status not listed here (never sent) is left alone.
 STATUS_RANK = {"queued": 0, "sending": 0, "unknown": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
@@ -203,7 +237,7 @@ def apply_status(cursor: psycopg2.extensions.cursor, update: StatusUpdate, now: 
             {"message_id": update.message_id, "plan_key": update.callback_data, "error": update.error},
         )
     cursor.execute(
-        "select outbox_id, status, provider_message_id, sent_at, delivered_at, read_at, failed_at "
+        "select outbox_id, channel, status, provider_message_id, sent_at, delivered_at, read_at, failed_at "
         "from ops.recovery_outbox "
         "where provider_message_id = %(id)s "
         "   or (plan_key = %(plan_key)s and provider_message_id is null and channel = 'whatsapp') "
@@ -214,7 +248,7 @@ def apply_status(cursor: psycopg2.extensions.cursor, update: StatusUpdate, now: 
     if row is None:
         log.debug("WhatsApp status %s of unknown message %s: ignored", update.status, update.message_id)
         return False
-    outbox_id, status, provider_id, *times = row
+    outbox_id, channel, status, provider_id, *times = row
     current_times = dict(zip(("sent_at", "delivered_at", "read_at", "failed_at"), times, strict=True))
     changes: dict[str, Any] = {}
     if provider_id is None:
@@ -228,14 +262,23 @@ def apply_status(cursor: psycopg2.extensions.cursor, update: StatusUpdate, now: 
     new_status = next_status(status, update.status)
     if new_status != status:
         changes["status"] = new_status
-    if not changes:
-        return True
-    changes["updated_at"] = now
-    assignments = ", ".join(f"{name} = %({name})s" for name in changes)
-    cursor.execute(
-        f"update ops.recovery_outbox set {assignments} where outbox_id = %(outbox_id)s",
-        {**changes, "outbox_id": outbox_id},
-    )
+    if changes:
+        changes["updated_at"] = now
+        assignments = ", ".join(f"{name} = %({name})s" for name in changes)
+        cursor.execute(
+            f"update ops.recovery_outbox set {assignments} where outbox_id = %(outbox_id)s",
+            {**changes, "outbox_id": outbox_id},
+        )
+    if new_status in ("delivered", "read") and channel == "whatsapp":
+        # it arrived after all (Meta's statuses come out of order): an email still queued in its
+        # place would be a second message
+        cursor.execute(CANCEL_FALLBACK_SQL, {"outbox_id": outbox_id, "now": now})
+    elif new_status == "failed" and channel == "whatsapp" and update.error_code in FALLBACK_ERRORS:
+        cursor.execute(QUEUE_FALLBACK_SQL, {"outbox_id": outbox_id, "at": update.at, "now": now})
+        if cursor.rowcount:
+            log.info(
+                "WhatsApp message %s undeliverable (%s): email queued", update.message_id, update.error_code
+            )
     return True
 
 

@@ -234,6 +234,32 @@ def test_the_frequency_cap_sees_messages_of_other_episodes(url):
     )
 
 
+@pytest.mark.parametrize(
+    ("same_cart", "expected"), [(True, ("send", None)), (False, ("defer", "frequency_cap"))]
+)
+def test_the_frequency_cap_within_a_batch_leaves_out_the_same_cart(url, same_cart, expected):
+    """A message this run already claimed for the person counts against the cap, unless it was for
+    this very cart (an email standing in for its undelivered WhatsApp message, in the same run)."""
+    row = next(r for r in due_plan(url, 1) if r["suppressed_reason"] is None)
+    earlier = NOW - timedelta(minutes=1)
+    cart = row["cart_key"] if same_cart else "another-cart"
+    contacted = {f"customer:{row['customer_key'] or row['cart_key']}": (earlier, cart)}
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            outbox.enqueue_due(cursor, 1, NOW, SETTINGS)
+        verdicts = {}
+        while True:
+            _sent, decided = outbox.claim(conn, 1, NOW, SETTINGS, "test", contacted)
+            if not decided:
+                break
+            verdicts.update({facts["plan_key"]: verdict for facts, verdict in decided})
+    finally:
+        conn.close()
+    verdict = verdicts[row["plan_key"]]
+    assert (verdict.action, verdict.reason) == expected, verdict
+
+
 def test_two_dispatchers_racing_claim_each_row_once(url):
     results: dict[str, list[str]] = {}
     barrier = threading.Barrier(2)

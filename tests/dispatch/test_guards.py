@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cart_recovery.dispatch.config import DispatchSettings
-from cart_recovery.dispatch.guards import REPLAN_WAIT, evaluate, quiet_hours_end
+from cart_recovery.dispatch.guards import RECORD_WAIT, REPLAN_WAIT, evaluate, quiet_hours_end
 
 SETTINGS = DispatchSettings()
 NOON_ISTANBUL = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)  # 12:00 in Istanbul (UTC+3)
@@ -169,6 +169,58 @@ def test_late_rows_expire_and_rows_the_plan_dropped_or_moved_are_not_sent():
         "replanned",
         NOON_ISTANBUL + timedelta(hours=1),
     )
+
+
+def fallback(**overrides):
+    """An email queued by the webhook service for a WhatsApp message of this stage that Meta
+    reported undeliverable two minutes after it went out (and the dispatcher recorded it)."""
+    sent_at = NOON_ISTANBUL - timedelta(minutes=3)
+    values = {
+        "plan_key": "p1:email",
+        "fallback_of": 7,
+        "fallback_error": "131026",
+        "fallback_parent_recorded": True,
+        "fallback_parent_claimed_at": sent_at,
+        "fallback_parent_sent_at": sent_at,
+        "later_stage_contacted": False,
+        "outbox_due_at": sent_at + timedelta(minutes=2),
+    }
+    return facts(**{**values, **overrides})
+
+
+def test_an_email_fallback_goes_by_email_only_and_only_with_email_consent():
+    sent = evaluate(fallback(), NOON_ISTANBUL, SETTINGS)
+    assert (sent.action, sent.channel, sent.guards["consent"]) == ("send", "email", "pass:fallback_email")
+    assert sent.guards["fallback"] == "pass"
+    unreachable = evaluate(fallback(email_consent=False), NOON_ISTANBUL, SETTINGS)
+    assert (unreachable.action, unreachable.reason) == ("suppress", "whatsapp_unreachable")
+    revoked = evaluate(fallback(email_revoked=True), NOON_ISTANBUL, SETTINGS)
+    assert (revoked.action, revoked.reason) == ("suppress", "whatsapp_unreachable")
+    ordered = evaluate(fallback(fresh_order=True), NOON_ISTANBUL, SETTINGS)
+    assert (ordered.action, ordered.reason) == ("suppress", "ordered_since_cart")
+
+
+def test_an_email_fallback_waits_for_the_whatsapp_messages_record_then_goes_without_it():
+    claimed_at = NOON_ISTANBUL - timedelta(seconds=20)  # the callback beat the dispatcher's record
+    early = fallback(fallback_parent_recorded=False, fallback_parent_claimed_at=claimed_at)
+    waiting = evaluate(early, NOON_ISTANBUL, SETTINGS)
+    assert (waiting.action, waiting.reason, waiting.until) == (
+        "defer",
+        "whatsapp_answer_not_recorded",
+        NOON_ISTANBUL + RECORD_WAIT,
+    )
+    # never recorded (the dispatcher died): once the message's lease is over, the email goes
+    after_lease = claimed_at + SETTINGS.lease + timedelta(seconds=1)
+    assert evaluate(early, after_lease, SETTINGS).action == "send"
+
+
+def test_an_email_fallback_is_as_late_as_its_whatsapp_message_and_never_overtakes_a_later_stage():
+    long_ago = NOON_ISTANBUL - SETTINGS.expire_after - timedelta(minutes=1)
+    stale = fallback(fallback_parent_sent_at=long_ago, fallback_parent_claimed_at=long_ago)
+    late = evaluate(stale, NOON_ISTANBUL, SETTINGS)
+    assert (late.action, late.reason) == ("expire", "expired")  # although Meta reported it just now
+    overtaken = evaluate(fallback(later_stage_contacted=True), NOON_ISTANBUL, SETTINGS)
+    assert (overtaken.action, overtaken.reason) == ("suppress", "superseded_by_later_stage")
 
 
 def test_shopify_stage_one_waits_for_the_recovery_url():

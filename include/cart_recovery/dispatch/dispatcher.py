@@ -146,7 +146,7 @@ async def _run(
     clock = Clock(now)
     shops = shops if shops is not None else _shops()
     channels = channels or channels_from_connections(database_url, shops)
-    contacted: dict[str, datetime] = {}
+    contacted: dict[str, tuple[datetime, str]] = {}  # person -> (claimed at, cart)
     semaphore = asyncio.Semaphore(CONCURRENCY)
     recorder = psycopg2.connect(database_url)
     recording = asyncio.Lock()  # one record transaction at a time on the recorder connection

@@ -54,17 +54,23 @@ CONTACTED = ("sending", "sent", "delivered", "read", "unknown")
 FRESH_MARGIN = timedelta(minutes=5)
 # How long to hold a row whose cart saw activity since the last build: the next build re-plans it.
 REPLAN_WAIT = timedelta(minutes=5)
+# How long an email fallback waits for the dispatcher to record its WhatsApp message (and coupon).
+RECORD_WAIT = timedelta(minutes=1)
 
 FACTS_SQL = """
 with claimed as (
     select outbox.plan_key, outbox.cart_key, outbox.stage, outbox.shop_id, outbox.platform,
         outbox.due_at as outbox_due_at, outbox.planned_due_at, outbox.attempts,
-        -- an email queued because WhatsApp reported the message undeliverable: its error, and
-        -- the coupon that message carried
+        -- an email queued because WhatsApp reported the message undeliverable: its error, the
+        -- coupon that message carried (read now: the callback may have come before the
+        -- dispatcher recorded it), whether that record is there yet, and when it went out
         outbox.fallback_of, failed.error_code as fallback_error,
-        outbox.coupon_code as fallback_coupon_code, outbox.coupon_pct as fallback_coupon_pct,
-        outbox.coupon_free_shipping as fallback_coupon_free_shipping,
-        outbox.coupon_expires_at as fallback_coupon_expires_at
+        failed.coupon_code as fallback_coupon_code, failed.coupon_pct as fallback_coupon_pct,
+        failed.coupon_free_shipping as fallback_coupon_free_shipping,
+        failed.coupon_expires_at as fallback_coupon_expires_at,
+        failed.rendered_text is not null as fallback_parent_recorded,
+        failed.claimed_at as fallback_parent_claimed_at,
+        coalesce(failed.sent_at, failed.claimed_at) as fallback_parent_sent_at
     from ops.recovery_outbox as outbox
     left join ops.recovery_outbox as failed on failed.outbox_id = outbox.fallback_of
     where outbox.plan_key = any(%(plan_keys)s)
@@ -222,7 +228,12 @@ select
         select count(*) from ops.recovery_outbox as episode
         where episode.cart_key = facts.cart_key and episode.plan_key <> facts.plan_key
             and episode.status = any(%(contacted)s)
-    ) as episode_messages
+    ) as episode_messages,
+    exists (
+        select 1 from ops.recovery_outbox as later
+        where later.cart_key = facts.cart_key and later.stage > facts.stage
+            and later.status = any(%(contacted)s)
+    ) as later_stage_contacted
 from facts
 """
 
@@ -301,7 +312,22 @@ def evaluate(
 
     if now - facts["outbox_due_at"] > settings.expire_after:
         return stop("expire", "expired")
+    fallback = facts.get("fallback_of") is not None
+    parent_sent_at = facts.get("fallback_parent_sent_at") if fallback else None
+    if parent_sent_at is not None and now - parent_sent_at > settings.expire_after:
+        # the email stands in for that WhatsApp message: as late as it is, not as the failure
+        return stop("expire", "expired")
     guards["on_time"] = "pass"
+    if fallback:
+        if facts["later_stage_contacted"]:
+            # the episode moved on (a later stage went out): this stage's message is stale
+            return stop("suppress", "superseded_by_later_stage")
+        recorded_by = (facts["fallback_parent_claimed_at"] or now) + settings.lease
+        if not facts["fallback_parent_recorded"] and now < recorded_by:
+            # Meta's callback came before the dispatcher recorded the WhatsApp message (and its
+            # coupon): wait for that record, at most until the message's lease ends
+            return stop("defer", "whatsapp_answer_not_recorded", until=min(now + RECORD_WAIT, recorded_by))
+        guards["fallback"] = "pass"
 
     if facts["built_order"] or facts["fresh_order"]:
         return stop("suppress", "ordered_since_cart")

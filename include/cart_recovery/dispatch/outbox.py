@@ -230,13 +230,19 @@ def expire_leases(cursor, now: datetime, settings: DispatchSettings) -> int:
 
 
 def claim(
-    conn, stage: int, now: datetime, settings: DispatchSettings, claimer: str, contacted: dict[str, datetime]
+    conn,
+    stage: int,
+    now: datetime,
+    settings: DispatchSettings,
+    claimer: str,
+    contacted: dict[str, tuple[datetime, str]],
 ) -> tuple[list[Claimed], list[tuple[dict[str, Any], guards.Verdict]]]:
     """Claim up to a chunk of due queued rows, check their guards and commit the verdicts.
 
     Returns the rows to send (now ``sending``, claimed by ``claimer``) and every row's facts and
     verdict (for the run's counts). ``contacted``: person -> when this dispatcher last claimed a
-    message to them in this batch (updated here), for the frequency cap within a batch.
+    message to them in this batch, and for which cart (updated here), for the frequency cap within
+    a batch; like the database's side of the cap, it leaves out messages of the same cart.
     """
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
         cursor.execute(CLAIM_SQL, {"stage": stage, "now": now, "limit": settings.chunk_size})
@@ -251,10 +257,17 @@ def claim(
         values = []
         for facts in all_facts:
             keys = _contact_keys(facts["customer_key"] or facts["cart_key"], facts["email"], facts["phone"])
-            in_batch = max((contacted[key] for key in keys if key in contacted), default=None)
+            in_batch = max(
+                (
+                    contacted[key][0]
+                    for key in keys
+                    if key in contacted and contacted[key][1] != facts["cart_key"]
+                ),
+                default=None,
+            )
             verdict = guards.evaluate(facts, now, settings, contacted_in_batch=in_batch)
             if verdict.action == "send":
-                contacted.update(dict.fromkeys(keys, now))
+                contacted.update(dict.fromkeys(keys, (now, facts["cart_key"])))
             decided.append((facts, verdict))
             recipient = _recipient(facts, verdict.channel) if verdict.channel else None
             values.append(

@@ -19,7 +19,8 @@ to ASCII so that ``İPTAL``, ``IPTAL``, ``ıptal`` and ``iptal`` are one word, a
    ``et``/``edin``), or a phrase such as "mesaj atmayın", "abonelikten çık", "beni listeden
    çıkarın", "stop sending me messages", "do not text me", "remove me from your list".
 2. Leading keyword. The message starts with an unambiguous keyword, STOP, STOPALL, UNSUBSCRIBE
-   or "abonelikten çık", whatever follows ("STOP. Not interested", "unsubscribe me please").
+   or "abonelikten çık", whatever follows ("STOP. Not interested", "unsubscribe me please"),
+   except where "stop" begins the name of a thing ("stop light", "stop lambası", "stop watch").
    DUR, IPTAL, CANCEL, END and QUIT count only as the whole message: as a first word they are
    as often "wait" or "cancel my order" as an opt-out.
 
@@ -119,7 +120,7 @@ _WHOLE = re.compile(
             r"(?:bana )?(?:bir daha )?mesaj(?:lar|lari|larinizi)? "
             r"(?:atmayin|atma|gondermeyin|gonderme|yollamayin|istemiyorum|durdur|durdurun)",
             r"(?:bana )?bir daha (?:yazmayin|mesaj atmayin|ulasmayin)",
-            r"(?:beni )?(?:listeden|listenizden) (?:cikar|cikarin|silin|sil)",
+            r"(?:beni )?(?:listeden|listenizden) (?:cikar|cikarin|silin|sil)(?: beni)?",
             r"rahatsiz etmeyin",
             # English: stop sending, do not contact, remove me
             r"(?:stop|quit) (?:sending|messaging|texting|contacting)(?: me)?"
@@ -134,6 +135,8 @@ _WHOLE = re.compile(
     )
 )
 _LEADING = re.compile(r"(?:stop|stopall|unsubscribe|abonelikten cik)(?: |$)")
+# "stop" as the first half of a thing's name, not an opt-out: "stop light", "stop lambası".
+_NOT_LEADING = re.compile(r"stop (?:light|lights|lamp|lamps|lamba|lambasi|lambalari|sign|watch)(?: |$)")
 
 
 def fold(text: str) -> str:
@@ -159,7 +162,7 @@ def is_stop_message(text: str | None) -> bool:
     folded = fold(text)
     if not folded:
         return False
-    if _LEADING.match(folded):
+    if _LEADING.match(folded) and not _NOT_LEADING.match(folded):
         return True
     core = " ".join(_without_filler(folded.split()))
     return bool(core) and _WHOLE.fullmatch(core) is not None

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cart_recovery import settings
 from cart_recovery.errors import ConfigurationError
+from cart_recovery.shop_policy import ShopPolicy
 
 SHOPS_FILE_ENV = "CART_RECOVERY_SHOPS_FILE"
 
@@ -41,6 +42,9 @@ class Shop(BaseModel):
     language: str = Field(pattern=r"^[a-z]{2}$")
     conn_id: str
     name: str | None = Field(default=None, description="The name customers know, used in messages.")
+    policy: ShopPolicy | None = Field(
+        default=None, description="What the assistant may tell customers (cart_recovery.shop_policy)."
+    )
 
     @property
     def display_name(self) -> str:

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from faker import Faker
 
+from cart_recovery.shop_policy import ShopPolicy
 from cart_recovery.shops import Platform
 
 # A fixed default, so that the data (and therefore every test) does not depend on the clock.
@@ -181,6 +182,83 @@ def default_shops(seed: int) -> list[SimulatedShop]:
             )
         )
     return shops
+
+
+# The simulated shops' policies (the shops file's ``policy:``): complete, so that the assistant can
+# answer every intent for them. Amounts in the shop's currency.
+_POLICY_VALUES = {
+    "anatolia-shopify": ("Yurtiçi Kargo", "89.90", "1500.00", 1, 3, "14:00", 14, True, 6, "500.00"),
+    "hudson-woo": ("UPS Ground", "6.95", "50.00", 3, 5, "12:00", 30, False, 4, "35.00"),
+    "kapadokya-ticimax": ("Aras Kargo", "69.00", "1000.00", 2, 5, None, 14, False, 9, "1000.00"),
+    "ege-ideasoft": ("MNG Kargo", "59.90", "750.00", 1, 4, "15:00", 15, True, 3, None),
+}
+
+
+def shop_policy(shop: SimulatedShop) -> ShopPolicy:
+    """The complete policy of a simulated shop, with a size chart for its apparel."""
+    (
+        carrier,
+        cost,
+        free_over,
+        days_min,
+        days_max,
+        cutoff,
+        return_days,
+        free_returns,
+        installments,
+        min_total,
+    ) = _POLICY_VALUES[shop.id]
+    turkish = shop.language == "tr"
+    methods = (
+        ["credit_card", "debit_card", "bank_transfer"] if turkish else ["credit_card", "paypal", "apple_pay"]
+    )
+    rows = [
+        {
+            "size": size,
+            "chest": 90 + 6 * n,
+            "waist": 76 + 6 * n,
+            "length": 68 + 2 * n,
+            "height_min": 160 + 7 * n,
+            "height_max": 171 + 7 * n,
+            "weight_min": 50 + 12 * n,
+            "weight_max": 63 + 12 * n,
+        }
+        for n, size in enumerate(_SIZES)
+    ]
+    domain = shop.domain.removeprefix("www.")
+    return ShopPolicy.model_validate(
+        {
+            "shipping": {
+                "carrier": carrier,
+                "cost": cost,
+                "free_over": free_over,
+                "days_min": days_min,
+                "days_max": days_max,
+                "dispatch_cutoff": cutoff,
+                "international": not turkish,
+            },
+            "returns": {"days": return_days, "free": free_returns, "refund_days": 7},
+            "payment": {
+                "methods": methods,
+                "installments_max": installments,
+                "installments_min_total": min_total,
+            },
+            "support": {
+                "days": "mon-sat" if turkish else "mon-fri",
+                "opens": "09:00",
+                "closes": "18:00",
+                "phone": "+90 850 555 00 00" if turkish else "+1 212 555 0100",
+                "email": f"support@{domain}",
+            },
+            "company": {
+                "legal_name": shop.id.split("-")[0].title()
+                + (" Tekstil Ltd. Şti." if turkish else " Goods LLC"),
+                "address": "Bağdat Caddesi 1, İstanbul" if turkish else "100 Hudson St, New York, NY 10013",
+                "reviews_url": f"https://{domain}/reviews",
+            },
+            "size_charts": {"apparel": {"unit": "cm", "rows": rows}},
+        }
+    )
 
 
 def _phone(rng: random.Random, locale: str) -> str:

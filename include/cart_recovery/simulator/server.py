@@ -30,6 +30,7 @@ from cart_recovery.simulator.data import (
     SimulatedShop,
     default_shops,
     generate_shop,
+    shop_policy,
 )
 from cart_recovery.simulator.smtp_sink import SmtpSink
 from cart_recovery.simulator.state import Knobs, SimulatorState
@@ -108,6 +109,7 @@ class Simulator:
             currency=sim.currency,
             language=sim.language,
             conn_id=sim.conn_id,
+            policy=shop_policy(sim),
         )
 
     def shop_models(self) -> list[Shop]:

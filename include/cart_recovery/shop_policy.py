@@ -13,6 +13,7 @@ what a policy does not say, it hands to the shop's team.
                 installments_min_total: 500, secure_3d: true}
       support: {days: mon-fri, opens: "09:00", closes: "18:00", phone: "+90 212 555 01 23",
                 email: destek@example.com}
+      guest_checkout: true
       company: {legal_name: Anatolia Tekstil A.Ş., address: "...", tax_id: "1234567890",
                 reviews_url: https://example.com/reviews}
       size_charts:
@@ -150,6 +151,9 @@ class ShopPolicy(_Strict):
     payment: PaymentPolicy
     support: SupportPolicy
     company: Company | None = None
+    guest_checkout: bool | None = Field(
+        default=None, description="Whether an order needs no account; omit when unsure (never claimed)."
+    )
     size_charts: dict[str, SizeChart] = Field(
         default_factory=dict, description="By product type as the platform names it (e.g. apparel)."
     )

@@ -256,6 +256,7 @@ def shop_policy(shop: SimulatedShop) -> ShopPolicy:
                 "address": "Bağdat Caddesi 1, İstanbul" if turkish else "100 Hudson St, New York, NY 10013",
                 "reviews_url": f"https://{domain}/reviews",
             },
+            "guest_checkout": shop.platform is not Platform.TICIMAX,
             "size_charts": {"apparel": {"unit": "cm", "rows": rows}},
         }
     )

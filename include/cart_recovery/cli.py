@@ -8,6 +8,7 @@ cart-recovery bench [NAME ...]     benchmarks (what `make bench` runs), JSON in 
 cart-recovery simulate [--seed N] [--port P]  fake shop APIs for the demo and the tests
 cart-recovery webhooks [--host 127.0.0.1] [--port 8081]  the webhook service (FastAPI, uvicorn)
 cart-recovery coupons load --shop ID FILE.csv | status   the coupon code pool (Ideasoft, Ticimax)
+cart-recovery assistant reply --shop ID --text "..." [--cart KEY] [--json]   the assistant's answer
 cart-recovery airflow <args>       the Airflow CLI with the project's environment
 cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
 """
@@ -332,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     coupon_pool.add_arguments(coupons)
     coupons.set_defaults(handler=_coupons)
+
+    from cart_recovery.assistant import command as assistant_command
+
+    assistant = commands.add_parser(
+        "assistant", help="the conversation assistant: what it would answer a customer (sends nothing)"
+    )
+    assistant_command.add_arguments(assistant)
+    assistant.set_defaults(handler=assistant_command.run)
 
     for tool in ("airflow", "dbt"):
         sub = commands.add_parser(

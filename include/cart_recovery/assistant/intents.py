@@ -17,7 +17,7 @@ to one scikit-learn version and be one more artefact to keep in step with the da
 
 The language (``tr`` or ``en``) comes from a second classifier on the same features, trained on
 the ``language`` column, with Turkish letters (ç ğ ı ö ş ü) as a decisive hint; a message too
-short to tell (``ok``, an emoji) gets the caller's default, the cart's or the shop's language.
+short to tell (one word: ``ok``, ``STOP``, an emoji) gets the caller's default, the cart's or the shop's language.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class IntentClassifier:
         if _TURKISH_LETTERS.search(text):
             return "tr"
         folded = fold(text)
-        if len(folded.replace(" ", "")) < 3:
+        # One word ("STOP", "ok", "merci") or less says little about the language.
+        if len(folded.split()) < 2:
             return default
         probabilities = self._languages.predict_proba([folded])[0]
         best = int(probabilities.argmax())

@@ -17,7 +17,8 @@ to one scikit-learn version and be one more artefact to keep in step with the da
 
 The language (``tr`` or ``en``) comes from a second classifier on the same features, trained on
 the ``language`` column, with Turkish letters (ç ğ ı ö ş ü) as a decisive hint; a message too
-short to tell (one word: ``ok``, ``STOP``, an emoji) gets the caller's default, the cart's or the shop's language.
+short to tell (one word: ``ok``, ``STOP``, an emoji) gets the caller's default, the cart's
+or the shop's language.
 """
 
 from __future__ import annotations

@@ -20,10 +20,13 @@ def results_dir() -> Path:
     return path
 
 
-def machine(database_url: str) -> dict[str, Any]:
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("show server_version")
-        server_version = cur.fetchone()[0]
+def machine(database_url: str | None) -> dict[str, Any]:
+    """The machine a benchmark ran on; ``database_url`` None for one that needs no database."""
+    server_version = None
+    if database_url is not None:
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("show server_version")
+            server_version = cur.fetchone()[0]
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -32,7 +35,7 @@ def machine(database_url: str) -> dict[str, Any]:
     }
 
 
-def write_result(name: str, result: dict[str, Any], database_url: str, *, quick: bool = False) -> Path:
+def write_result(name: str, result: dict[str, Any], database_url: str | None, *, quick: bool = False) -> Path:
     """Write ``bench/results/<name>.json``; a ``--quick`` run writes ``<name>.quick.json`` instead,
     so it never replaces the reference result."""
     document = {

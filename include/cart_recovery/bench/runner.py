@@ -51,6 +51,12 @@ def _dispatch_throughput(quick: bool) -> dict[str, Any]:
     return dispatch_throughput.main(messages=1_000 if quick else 10_000, quick=quick)
 
 
+def _assistant_intents(quick: bool) -> dict[str, Any]:
+    from cart_recovery.bench import assistant_intents
+
+    return assistant_intents.main(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "dbt_incremental": _dbt_incremental,
     "webhook_ingest": _webhook_ingest,
@@ -58,6 +64,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "live_pipeline": _live_pipeline,
     "stage_latency": _stage_latency,
     "dispatch_throughput": _dispatch_throughput,
+    "assistant_intents": _assistant_intents,
 }
 
 

@@ -67,12 +67,17 @@ STOPS = [
     "unsubscribe me please",
     # a leading unambiguous keyword, whatever follows
     "STOP. Not interested",
+    "listenizden silin beni",
     "Stop, I already bought it elsewhere",
     "unsubscribe from all of this",
     "Abonelikten çık, teşekkürler",
 ]
 
 NOT_STOPS = [
+    "durum ne?",
+    "kargo durdu mu",
+    "stop light",  # "stop" begins the name of a thing: a product question, not an opt-out
+    "Stop lambası var mı?",
     "",
     "   ",
     "ok",

@@ -169,8 +169,11 @@ def _measurements(text: str) -> dict[str, float]:
     elif match := _HEIGHT_FT.search(lowered):
         found["height"] = round(float(match.group(1)) * 30.48 + float(match.group(2) or 0) * 2.54)
     folded = fold(text)
-    if match := _WEIGHT_KG.search(folded):
-        found["weight"] = float(match.group(1) or match.group(2))
+    # "boyum 165 kilom 58": "165 kilom" reads as a weight too, so the height's number is skipped.
+    weights = [float(m.group(1) or m.group(2)) for m in _WEIGHT_KG.finditer(folded)]
+    weights = [w for w in weights if w != found.get("height")]
+    if weights:
+        found["weight"] = weights[0]
     elif match := _WEIGHT_LB.search(folded):
         found["weight"] = round(float(match.group(1)) * 0.4536, 1)
     if match := _CHEST.search(folded):

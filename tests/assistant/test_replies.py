@@ -63,7 +63,9 @@ def test_shipping_en_without_a_cart_answers_from_the_policy(bosphorus):
 
 
 def test_size_fit_uses_the_products_chart_and_advises_a_size(anatolia):
-    result = reply(anatolia, "beden tablosuna güvenemiyorum, 1.75 boy 78 kilo hangi beden olur?", _cart("749.90"))
+    result = reply(
+        anatolia, "beden tablosuna güvenemiyorum, 1.75 boy 78 kilo hangi beden olur?", _cart("749.90")
+    )
     assert result.intent == "size_fit"
     assert "Keten Gömlek için beden tablomuz (cm)" in result.reply
     assert "M: göğüs 98, bel 84, boy 72" in result.reply

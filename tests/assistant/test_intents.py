@@ -132,10 +132,10 @@ def test_classifier_never_sees_test_rows(monkeypatch):
     seen: list[str] = []
     real_train = intents._train
 
-    def spy(texts, labels):
+    def spy(texts, labels, regularisation_c):
         texts = list(texts)
         seen.extend(texts)
-        return real_train(texts, labels)
+        return real_train(texts, labels, regularisation_c)
 
     monkeypatch.setattr(intents, "_train", spy)
     intents.IntentClassifier(messages[::4])

@@ -146,36 +146,46 @@ fresh_landed as (
         or (events.topic = any(%(cart_topics)s) and events.received_at > watermarks.carts_landed)
 ),
 
-fresh_raw as (
-    -- each with its own time (when ordered, when the cart last changed); unreadable: now
-    select entity, shop_id, payload,
-        coalesce(ops.raw_event_time(platform, entity, payload), %(now)s) as event_at
-    from fresh_landed
+fresh_raw as materialized (
+    -- numbered once, so a match reads its row's own time without copying the row around
+    select row_number() over () as n, entity, platform, shop_id, payload from fresh_landed
 ),
 
-fresh_contacts as (
-    -- every email and phone-like value in those payloads
-    select distinct fresh_raw.entity, fresh_raw.shop_id, fresh_raw.event_at, contact.token
+fresh_contacts as materialized (
+    -- every email and phone-like value in those payloads: their string and number leaves at any
+    -- depth (jsonpath's strict .** visits each once); the digits are counted before any regexp
+    select fresh_raw.n, fresh_raw.shop_id, contact.token
     from fresh_raw
+    cross join lateral jsonb_path_query(
+        fresh_raw.payload, 'strict $.** ? (@.type() == "string" || @.type() == "number")'
+    ) as leaf (node)
+    cross join lateral (select leaf.node #>> '{}' as value) as leaves
     cross join lateral (
         select case
             when leaves.value like '%%@%%' then lower(trim(leaves.value))
-            when length(regexp_replace(leaves.value, '[^0-9]', '', 'g')) between 10 and 15
+            when length(leaves.value) - length(translate(leaves.value, '0123456789', ''))
+                between 10 and 15
                 then right(regexp_replace(leaves.value, '[^0-9]', '', 'g'), 10)
         end as token
-        from ops.jsonb_leaves(fresh_raw.payload) as leaves
     ) as contact
     where contact.token is not null
 ),
 
 fresh_matches as (
-    select facts.plan_key, fresh_contacts.entity
+    -- the chunk's people in them (a hash join on the token); each matched row's own time (when
+    -- ordered, when the cart last changed) is read only then; unreadable: now
+    select facts.plan_key, fresh_raw.entity
     from facts
+    cross join lateral (values (facts.email), (nullif(facts.phone_tail, ''))) as mine (token)
     inner join fresh_contacts
-        on fresh_contacts.shop_id = facts.shop_id
-        and fresh_contacts.token in (facts.email, nullif(facts.phone_tail, ''))
-    where (fresh_contacts.entity = 'order' and fresh_contacts.event_at >= facts.cart_created_at)
-        or (fresh_contacts.entity = 'cart' and fresh_contacts.event_at > facts.last_activity_at)
+        on fresh_contacts.token = mine.token and fresh_contacts.shop_id = facts.shop_id
+    inner join fresh_raw on fresh_raw.n = fresh_contacts.n
+    cross join lateral (
+        select coalesce(ops.raw_event_time(fresh_raw.platform, fresh_raw.entity, fresh_raw.payload), %(now)s)
+            as event_at
+    ) as raw_time
+    where (fresh_raw.entity = 'order' and raw_time.event_at >= facts.cart_created_at)
+        or (fresh_raw.entity = 'cart' and raw_time.event_at > facts.last_activity_at)
 )
 
 select

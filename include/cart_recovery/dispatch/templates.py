@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from babel import Locale
 from babel.dates import format_datetime
 from babel.numbers import format_currency, format_percent, get_currency_symbol
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
@@ -64,6 +65,7 @@ WHATSAPP_BODY_LIMIT = 1024
 PRODUCT_TITLE_LIMIT = 80
 
 _PLACEHOLDER = re.compile(r"\{\{(\d+)\}\}")
+_WHITESPACE = re.compile(r"\s")  # what str.isspace() calls white space
 
 
 class TemplateError(ValueError):
@@ -156,6 +158,24 @@ def babel_locale(language: str, currency: str) -> str:
     raise TemplateError(f"no messages in language {language!r}; supported: {', '.join(LANGUAGES)}")
 
 
+@functools.cache
+def _locale(identifier: str) -> Locale:
+    """The parsed CLDR locale, once per identifier (parsing it costs more than formatting)."""
+    return Locale.parse(identifier)
+
+
+@functools.cache
+def _symbol_spacing(currency: str, locale: str) -> tuple[re.Pattern, re.Pattern] | None:
+    """Where a letter symbol meets the amount (see ``format_money``); None for a sign like ₺."""
+    symbol = get_currency_symbol(currency, locale=_locale(locale))
+    if not symbol.isalpha():
+        return None
+    return (
+        re.compile(rf"(?<={re.escape(symbol)})(?=[\d-])"),
+        re.compile(rf"(?<=\d)(?={re.escape(symbol)})"),
+    )
+
+
 def format_money(amount: Decimal, currency: str, language: str) -> str:
     """``₺1.234,50`` (tr), ``£1,234.50`` (en, GBP); an ISO code as symbol is spaced: ``TRY 1,234.50``.
 
@@ -163,18 +183,18 @@ def format_money(amount: Decimal, currency: str, language: str) -> str:
     spacing, so a letter symbol (English has no sign for the lira) gets its no-break space here.
     """
     locale = babel_locale(language, currency)
-    text = format_currency(amount, currency, locale=locale)
-    symbol = get_currency_symbol(currency, locale=locale)
-    if symbol.isalpha():
-        text = re.sub(rf"(?<={re.escape(symbol)})(?=[\d-])", "\u00a0", text)
-        text = re.sub(rf"(?<=\d)(?={re.escape(symbol)})", "\u00a0", text)
+    text = format_currency(amount, currency, locale=_locale(locale))
+    spacing = _symbol_spacing(currency, locale)
+    if spacing is not None:
+        before, after = spacing
+        text = after.sub("\u00a0", before.sub("\u00a0", text))
     return text
 
 
 def format_pct(pct: Decimal, language: str, currency: str) -> str:
     """``%10`` in Turkish, ``10%`` in English; ``12,5%``-style fractions kept, never rounded away."""
     return format_percent(
-        Decimal(pct) / 100, locale=babel_locale(language, currency), decimal_quantization=False
+        Decimal(pct) / 100, locale=_locale(babel_locale(language, currency)), decimal_quantization=False
     )
 
 
@@ -194,7 +214,9 @@ def format_local_datetime(moment: datetime, timezone: str, language: str, curren
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise TemplateError(f"unknown customer time zone {timezone!r}") from exc
     locale = babel_locale(language, currency)
-    return format_datetime(moment.astimezone(zone), _DATETIME_FORMATS[locale], tzinfo=zone, locale=locale)
+    return format_datetime(
+        moment.astimezone(zone), _DATETIME_FORMATS[locale], tzinfo=zone, locale=_locale(locale)
+    )
 
 
 def known_first_name(ctx: MessageContext) -> str | None:
@@ -213,7 +235,7 @@ def product_title(ctx: MessageContext) -> str:
 
 def _http_url(url: str | None, what: str, ctx: MessageContext) -> str:
     parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url or ""):
+    if parts.scheme not in ("http", "https") or not parts.netloc or _WHITESPACE.search(url or ""):
         raise TemplateError(f"plan {ctx.plan_key}: the {what} must be an http(s) URL, got {url!r}")
     return url  # type: ignore[return-value]
 

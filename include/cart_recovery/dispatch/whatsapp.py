@@ -25,9 +25,18 @@ A 401 or 403 is about the connection, not the message: nothing was sent, and eve
 would fail alike until an operator fixes the token, so the row goes back to the queue rather than
 failing for good.
 
-All sends of one client share a pooled ``httpx.AsyncClient`` and one rate limiter at the
-connection's ``messages_per_second``, so concurrent sends (``asyncio.gather``) stay under the
-business number's throughput.
+All sends of one client share one pooled ``aiohttp.ClientSession`` (created on the first send,
+in the running event loop) and one rate limiter at the connection's ``messages_per_second``, so
+concurrent sends (``asyncio.gather``) stay under the business number's throughput. aiohttp, not
+httpx: at 1,000 messages per second httpx's pool (it scans every connection for every queued
+request) cost the dispatcher milliseconds of CPU per message (docs/dispatch.md, "Throughput").
+aiohttp never re-sends a POST on its own (it retries only idempotent methods on a reused
+connection) and follows no redirect here, so what reaches Meta is decided by this module alone.
+
+What went wrong on the wire is told in the same words whatever the HTTP library:
+``ConnectError`` (no connection could be made), ``ConnectTimeout`` (no connection, or no free
+one, in time), both "not sent"; ``ReadTimeout`` (no answer in time) and ``RemoteProtocolError``
+(the connection dropped or the answer was not HTTP), both "no answer".
 """
 
 from __future__ import annotations
@@ -40,7 +49,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+import msgspec
 
 from cart_recovery.connections import WHATSAPP_CONN_ID, env_var_name, get_connection
 from cart_recovery.dispatch.message import Outcome, SendResult
@@ -117,6 +127,41 @@ class RetryPolicy:
         return ceiling / 2 + ceiling / 2 * jitter
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a send may wait: ``read`` for the answer (between bytes), ``connect`` for a new
+    connection, ``pool`` for a free one of the pool's. The first is "no answer" (UNKNOWN), the
+    other two "not sent" (RETRY)."""
+
+    read: float = 15.0
+    connect: float = 5.0
+    pool: float = 60.0
+
+    @classmethod
+    def of(cls, value: Any) -> Timeouts:
+        """From seconds (the read timeout), a ``Timeouts``, or any object with ``read``,
+        ``connect`` and ``pool`` seconds (an ``httpx.Timeout``); None: the defaults."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, int | float):
+            return cls(read=float(value))
+        default = cls()
+        read, connect, pool = (getattr(value, name, None) for name in ("read", "connect", "pool"))
+        return cls(
+            read=default.read if read is None else float(read),
+            connect=default.connect if connect is None else float(connect),
+            pool=default.pool if pool is None else float(pool),
+        )
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        # aiohttp's ``connect`` covers the wait for a pooled connection and the new connection
+        return aiohttp.ClientTimeout(
+            total=None, connect=self.pool + self.connect, sock_connect=self.connect, sock_read=self.read
+        )
+
+
 class WhatsAppClient:
     """Sends through one business phone number; use ``async with`` so the pool is closed."""
 
@@ -128,7 +173,7 @@ class WhatsAppClient:
         base_url: str = DEFAULT_BASE_URL,
         api_version: str = DEFAULT_API_VERSION,
         messages_per_second: float = DEFAULT_MESSAGES_PER_SECOND,
-        timeout: httpx.Timeout | float | None = None,
+        timeout: Timeouts | float | Any = None,
         retry: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
@@ -144,13 +189,13 @@ class WhatsAppClient:
         self.url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}/messages"
         self.retry = retry or RetryPolicy()
         self.limiter = limiter or RateLimiter(messages_per_second)
+        self.timeouts = Timeouts.of(timeout)
         self._sleep = sleep
         self._jitter = jitter
-        self._http = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {access_token}"},
-            timeout=timeout if timeout is not None else httpx.Timeout(15.0, connect=5.0, pool=60.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_connection(cls, conn_id: str = WHATSAPP_CONN_ID, **options: Any) -> WhatsAppClient:
@@ -190,7 +235,23 @@ class WhatsAppClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The pooled session of the running event loop (a new one if the loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self.timeouts.client_timeout(),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                json_serialize=_dumps,
+                raise_for_status=False,
+            )
+            self._loop = loop
+        return self._session
 
     async def send_template(
         self,
@@ -226,22 +287,25 @@ class WhatsAppClient:
         payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **content}
         if callback_data is not None:
             payload["biz_opaque_callback_data"] = callback_data
+        body = _dumps(payload)
+        http = self._http()
         result = SendResult(Outcome.RETRY, error="not attempted")
         for attempt in range(1, self.retry.attempts + 1):
             if attempt > 1:
                 await self._sleep(self.retry.delay(attempt - 1, self._jitter()))
             await self.limiter.acquire()
             try:
-                response = await self._http.post(self.url, json=payload)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                async with http.post(self.url, data=body, allow_redirects=False) as response:
+                    status, raw = response.status, await response.read()
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # No connection was made (or none was free): nothing reached Meta.
                 result, again = SendResult(Outcome.RETRY, error=f"not sent: {_describe(exc)}"), True
-            except httpx.TransportError as exc:
-                # Read or write timeout, connection dropped: the request may have been taken.
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                # No answer in time, connection dropped: the request may have been taken.
                 log.warning("WhatsApp send to %s: no answer (%s); not retried", _masked(to), _describe(exc))
                 return SendResult(Outcome.UNKNOWN, error=f"no answer: {_describe(exc)}")
             else:
-                result, again = classify(response.status_code, _json(response))
+                result, again = classify(status, _json(raw))
             if not again:
                 return result
             log.info("WhatsApp send to %s: attempt %d: %s", _masked(to), attempt, result.error)
@@ -289,11 +353,20 @@ def classify(status: int, body: Any) -> tuple[SendResult, bool]:
     return result(Outcome.UNKNOWN), False  # 1xx/3xx: nothing says whether it was taken
 
 
-def _json(response: httpx.Response) -> Any:
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def _dumps(payload: Any) -> bytes:
+    return _encoder.encode(payload)
+
+
+def _json(raw: bytes) -> Any:
+    """An answer's JSON; its first 2,000 characters as text when it is not JSON."""
     try:
-        return response.json()
-    except ValueError:
-        return response.text[:2000]
+        return _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return raw[:8000].decode("utf-8", errors="replace")[:2000]
 
 
 def _masked(number: str) -> str:
@@ -301,8 +374,18 @@ def _masked(number: str) -> str:
     return "…" + number[-3:]
 
 
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _describe(exc: BaseException) -> str:
+    """The failure in the client's words (see the module docstring), then aiohttp's."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        kind = "ConnectError"
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+        kind = "ConnectTimeout"
+    elif isinstance(exc, asyncio.TimeoutError):  # aiohttp's SocketTimeoutError is one
+        kind = "ReadTimeout"
+    else:  # ServerDisconnectedError, a payload or HTTP parse error, a reset connection
+        kind = "RemoteProtocolError"
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{kind} ({detail})"
 
 
 def _base_url(host: str | None, port: int | None, scheme: str | None) -> str:

@@ -607,7 +607,7 @@ def _dispatch_at(
         "outbox_statuses": dict(sorted(statuses.items())),
         "summary": summary.as_dict()["counts"],
         "dispatcher": {
-            "chunk_size": dispatch_settings.chunk_size,
+            "chunk_rows": dispatch_settings.chunk_rows(limit),
             "concurrency": CONCURRENCY,
             "enqueue": _span_stats(spans["enqueue"]),
             "claim": _span_stats(spans["claim"]),

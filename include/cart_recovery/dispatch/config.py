@@ -11,12 +11,13 @@
 | COUPON_HOURS | 48: coupon validity, and always before the next sale (the plan's cap) |
 | SENDING_LEASE_MINUTES | 10: a row still `sending` after this becomes `unknown` |
 | DISPATCH_LOOKBACK_DAYS | 7: older due plan rows are left alone |
-| DISPATCH_CHUNK | 200 rows claimed per transaction |
+| DISPATCH_CHUNK | rows per claim; unset: one second of sends at the WhatsApp limit, at least 200 |
 | DISPATCH_MAX_ATTEMPTS | 5 refusals before the provider (429/5xx), then `failed` |
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -52,6 +53,22 @@ def _quiet_hours(raw: str) -> tuple[time, time] | None:
         raise ConfigurationError(f"CART_RECOVERY_QUIET_HOURS {raw!r}: {exc}") from exc
 
 
+# A chunk (one claim transaction) holds at least this many rows, and at least one second of sends
+# at the WhatsApp limit: each claim costs PostgreSQL a fixed share (the raw rows that landed since
+# the last build are read for every chunk), so at 1,000 messages per second chunks of 200 would
+# spend most of the database's time on it. A dispatcher killed mid-batch leaves at most two chunks
+# ``sending`` (then ``unknown``): a few seconds of sends, whatever the rate.
+MIN_CHUNK_ROWS = 200
+CHUNK_SECONDS = 1.0
+
+
+def _chunk_size() -> int | None:
+    """CART_RECOVERY_DISPATCH_CHUNK; None (rows sized by the rate) when unset."""
+    if not os.environ.get("CART_RECOVERY_DISPATCH_CHUNK", "").strip():
+        return None
+    return max(1, int(_number("CART_RECOVERY_DISPATCH_CHUNK", 0)))
+
+
 @dataclass(frozen=True)
 class DispatchSettings:
     expire_after: timedelta = timedelta(hours=6)
@@ -63,7 +80,7 @@ class DispatchSettings:
     coupon_validity: timedelta = timedelta(hours=48)
     lease: timedelta = timedelta(minutes=10)
     lookback: timedelta = timedelta(days=7)
-    chunk_size: int = 200
+    chunk_size: int | None = None  # None: ``chunk_rows(rate)``, one second of sends, at least 200
     max_attempts: int = 5
     retry_delay: timedelta = field(default=timedelta(minutes=1))
 
@@ -79,6 +96,13 @@ class DispatchSettings:
             coupon_validity=timedelta(hours=_number("CART_RECOVERY_COUPON_HOURS", 48)),
             lease=timedelta(minutes=_number("CART_RECOVERY_SENDING_LEASE_MINUTES", 10)),
             lookback=timedelta(days=_number("CART_RECOVERY_DISPATCH_LOOKBACK_DAYS", 7)),
-            chunk_size=max(1, int(_number("CART_RECOVERY_DISPATCH_CHUNK", 200))),
+            chunk_size=_chunk_size(),
             max_attempts=max(1, int(_number("CART_RECOVERY_DISPATCH_MAX_ATTEMPTS", 5))),
         )
+
+    def chunk_rows(self, messages_per_second: float | None = None) -> int:
+        """Rows per claim: ``chunk_size`` when set, else one second of sends at the limit (when
+        known), at least ``MIN_CHUNK_ROWS``."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(MIN_CHUNK_ROWS, math.ceil((messages_per_second or 0) * CHUNK_SECONDS))

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -147,16 +147,31 @@ async def _run(
     shops = shops if shops is not None else _shops()
     channels = channels or channels_from_connections(database_url, shops)
     contacted: dict[str, tuple[datetime, str]] = {}  # person -> (claimed at, cart)
+    # one second of sends at the WhatsApp limit per chunk (at least 200 rows), unless configured
+    chunk_rows = settings.chunk_rows(getattr(getattr(channels.whatsapp, "limiter", None), "rate", None))
     semaphore = asyncio.Semaphore(CONCURRENCY)
     recorder = psycopg2.connect(database_url)
     recording = asyncio.Lock()  # one record transaction at a time on the recorder connection
 
-    async def one(row: outbox.Claimed) -> outbox.Result:
-        async with semaphore:
-            return await _send(row, clock, settings, channels, shops, no_coupon_templates)
+    async def sender(rows: Iterator[tuple[int, outbox.Claimed]], answers: list[Any]) -> None:
+        # one of a chunk's senders: the next row in claim order, until the chunk is done
+        for position, row in rows:
+            async with semaphore:
+                try:
+                    answers[position] = await _send(
+                        row, clock, settings, channels, shops, no_coupon_templates
+                    )
+                except (Exception, asyncio.CancelledError) as error:
+                    if asyncio.current_task().cancelling():
+                        raise  # the run itself is being cancelled
+                    answers[position] = error
 
     async def chunk(claimed: list[outbox.Claimed]) -> None:
-        answers = await asyncio.gather(*(one(row) for row in claimed), return_exceptions=True)
+        # CONCURRENCY senders share the chunk's rows (not a task per row); the semaphore bounds
+        # the sends in flight across the two chunks that may overlap
+        answers: list[Any] = [None] * len(claimed)
+        rows = iter(enumerate(claimed))
+        await asyncio.gather(*(sender(rows, answers) for _ in range(min(CONCURRENCY, len(claimed)))))
         results = [
             answer if isinstance(answer, outbox.Result) else _crashed(row, answer, clock)
             for row, answer in zip(claimed, answers, strict=True)
@@ -172,7 +187,7 @@ async def _run(
             # each chunk is decided at its own moment: a STOP or an order that lands while a
             # long batch sends is seen by the next chunk
             claimed, decided = await asyncio.to_thread(
-                outbox.claim, conn, stage, clock.now(), settings, claimer, contacted
+                outbox.claim, conn, stage, clock.now(), settings, claimer, contacted, limit=chunk_rows
             )
             if not decided:
                 break

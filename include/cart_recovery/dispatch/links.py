@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -48,27 +49,7 @@ class LinkSigner:
 
     @classmethod
     def from_env(cls) -> LinkSigner:
-        secret = os.environ.get(SECRET_ENV, "")
-        if not secret:
-            raise ConfigurationError(
-                f"{SECRET_ENV} is not set: set it to a long random string, e.g. the output of "
-                '`python -c "import secrets; print(secrets.token_urlsafe(32))"`, the same for the '
-                "Airflow workers and the webhook service"
-            )
-        if len(secret) < MIN_SECRET_CHARS:
-            raise ConfigurationError(f"{SECRET_ENV} is too short: use at least {MIN_SECRET_CHARS} characters")
-        public_url = os.environ.get(PUBLIC_URL_ENV, "").strip()
-        if not public_url:
-            raise ConfigurationError(
-                f"{PUBLIC_URL_ENV} is not set: set it to the webhook service's public address, "
-                "e.g. https://hooks.example.com (the links in messages point there)"
-            )
-        parts = urlsplit(public_url)
-        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-            raise ConfigurationError(
-                f"{PUBLIC_URL_ENV} must be an absolute http(s) URL without query, got {public_url!r}"
-            )
-        return cls(secret=secret.encode(), public_url=public_url.rstrip("/"))
+        return _signer(os.environ.get(SECRET_ENV, ""), os.environ.get(PUBLIC_URL_ENV, ""))
 
     def _mac(self, kind: str, plan_key: bytes) -> bytes:
         return hmac.new(self.secret, kind.encode() + b"\x00" + plan_key, hashlib.sha256).digest()[:MAC_BYTES]
@@ -102,6 +83,31 @@ class LinkSigner:
             return plan_key.decode()
         except UnicodeDecodeError:
             return None
+
+
+@functools.lru_cache(maxsize=8)
+def _signer(secret: str, public_url: str) -> LinkSigner:
+    """The signer for these settings, checked once (a message's links are signed per message)."""
+    if not secret:
+        raise ConfigurationError(
+            f"{SECRET_ENV} is not set: set it to a long random string, e.g. the output of "
+            '`python -c "import secrets; print(secrets.token_urlsafe(32))"`, the same for the '
+            "Airflow workers and the webhook service"
+        )
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ConfigurationError(f"{SECRET_ENV} is too short: use at least {MIN_SECRET_CHARS} characters")
+    public_url = public_url.strip()
+    if not public_url:
+        raise ConfigurationError(
+            f"{PUBLIC_URL_ENV} is not set: set it to the webhook service's public address, "
+            "e.g. https://hooks.example.com (the links in messages point there)"
+        )
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{PUBLIC_URL_ENV} must be an absolute http(s) URL without query, got {public_url!r}"
+        )
+    return LinkSigner(secret=secret.encode(), public_url=public_url.rstrip("/"))
 
 
 def _encode(raw: bytes) -> str:

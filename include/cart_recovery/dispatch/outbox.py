@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg2.extras import RealDictCursor, execute_values
+from psycopg2.extras import execute_values
 
 from cart_recovery.dispatch import guards
 from cart_recovery.dispatch.config import DispatchSettings
@@ -236,6 +236,8 @@ def claim(
     settings: DispatchSettings,
     claimer: str,
     contacted: dict[str, tuple[datetime, str]],
+    *,
+    limit: int | None = None,
 ) -> tuple[list[Claimed], list[tuple[dict[str, Any], guards.Verdict]]]:
     """Claim up to a chunk of due queued rows, check their guards and commit the verdicts.
 
@@ -243,16 +245,23 @@ def claim(
     verdict (for the run's counts). ``contacted``: person -> when this dispatcher last claimed a
     message to them in this batch, and for which cart (updated here), for the frequency cap within
     a batch; like the database's side of the cap, it leaves out messages of the same cart.
+    ``limit``: rows in the chunk (default ``settings.chunk_rows()``).
     """
-    with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
-        cursor.execute(CLAIM_SQL, {"stage": stage, "now": now, "limit": settings.chunk_size})
-        rows = cursor.fetchall()
+    with conn, conn.cursor() as cursor:
+        cursor.execute(CLAIM_SQL, {"stage": stage, "now": now, "limit": limit or settings.chunk_rows()})
+        rows = cursor.fetchall()  # plan_key, person, email, phone
         if not rows:
             return [], []
-        keys = {key for row in rows for key in _contact_keys(row["person"], row["email"], row["phone"])}
+        keys = {
+            key for _plan_key, person, email, phone in rows for key in _contact_keys(person, email, phone)
+        }
         cursor.execute(LOCK_PEOPLE_SQL, (sorted(keys),))
-        cursor.execute(guards.FACTS_SQL, guards.facts_parameters([row["plan_key"] for row in rows], now))
-        all_facts = sorted(cursor.fetchall(), key=lambda facts: (facts["outbox_due_at"], facts["plan_key"]))
+        cursor.execute(guards.FACTS_SQL, guards.facts_parameters([row[0] for row in rows], now))
+        names = [column.name for column in cursor.description]
+        all_facts = sorted(
+            (dict(zip(names, row, strict=True)) for row in cursor.fetchall()),
+            key=lambda facts: (facts["outbox_due_at"], facts["plan_key"]),
+        )
         decided: list[tuple[dict[str, Any], guards.Verdict]] = []
         values = []
         for facts in all_facts:
@@ -289,8 +298,9 @@ def claim(
             APPLY_SQL,
             values,
             template="(%s, %s, %s, %s, %s, %s, %s::timestamptz, %s, %s, %s::timestamptz)",
+            page_size=len(values),  # one statement for the chunk
         )
-    claimed = [Claimed(dict(facts), verdict) for facts, verdict in decided if verdict.action == "send"]
+    claimed = [Claimed(facts, verdict) for facts, verdict in decided if verdict.action == "send"]
     return claimed, decided
 
 
@@ -333,6 +343,7 @@ def record(conn, claimer: str, results: Iterable[Result], revoke=None) -> int:
             values,
             template="(%s, %s, %s, %s, %s, %s, %s::timestamptz, %s, %s, %s, %s, %s::numeric, %s::boolean, "
             "%s::timestamptz, %s, %s, %s, %s::timestamptz, %s)",
+            page_size=len(values),
         )
         updated = cursor.rowcount
         if revoke is not None:

@@ -51,6 +51,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import yarl
 
 from cart_recovery.connections import WHATSAPP_CONN_ID, env_var_name, get_connection
 from cart_recovery.dispatch.message import Outcome, SendResult
@@ -187,6 +188,7 @@ class WhatsAppClient:
                 f"WhatsApp API base URL must start with https:// or http://: {base_url!r}"
             )
         self.url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}/messages"
+        self._url = yarl.URL(self.url)  # parsed once, not per send
         self.retry = retry or RetryPolicy()
         self.limiter = limiter or RateLimiter(messages_per_second)
         self.timeouts = Timeouts.of(timeout)
@@ -295,12 +297,12 @@ class WhatsAppClient:
                 await self._sleep(self.retry.delay(attempt - 1, self._jitter()))
             await self.limiter.acquire()
             try:
-                async with http.post(self.url, data=body, allow_redirects=False) as response:
+                async with http.post(self._url, data=body, allow_redirects=False) as response:
                     status, raw = response.status, await response.read()
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # No connection was made (or none was free): nothing reached Meta.
                 result, again = SendResult(Outcome.RETRY, error=f"not sent: {_describe(exc)}"), True
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 # No answer in time, connection dropped: the request may have been taken.
                 log.warning("WhatsApp send to %s: no answer (%s); not retried", _masked(to), _describe(exc))
                 return SendResult(Outcome.UNKNOWN, error=f"no answer: {_describe(exc)}")
@@ -380,7 +382,7 @@ def _describe(exc: BaseException) -> str:
         kind = "ConnectError"
     elif isinstance(exc, aiohttp.ConnectionTimeoutError):
         kind = "ConnectTimeout"
-    elif isinstance(exc, asyncio.TimeoutError):  # aiohttp's SocketTimeoutError is one
+    elif isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
         kind = "ReadTimeout"
     else:  # ServerDisconnectedError, a payload or HTTP parse error, a reset connection
         kind = "RemoteProtocolError"

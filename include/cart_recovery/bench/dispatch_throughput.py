@@ -25,12 +25,11 @@ Diagnostics say which side limits (none of them is a target):
 
 - ``dispatcher_unlimited``: the fake and the client at 100,000/s, i.e. as fast as they go;
 - ``dispatcher_with_provider_latency``: a smaller batch with every answer 0.2 s late (Meta is an
-  internet round trip away, the loopback fake is not), at each limit, stock client and prototype;
+  internet round trip away, the loopback fake is not), at each limit;
 - ``client_alone``: the WhatsApp client without the database, 64 (the dispatcher's bound), 16 and
   4 sends in flight: its CPU per send;
-- ``runs_with_the_sharded_pool_prototype``: the top limit again with the client's httpx pool split
-  into 16 pools of 4 (``sharded_client_class``, a suggested change, not the product), and also
-  with claims of 1,000 rows;
+- ``runs_with_chunks_of_200``: the top limit again with claims of 200 rows, the fixed size before
+  chunks were sized to one second of sends (``DispatchSettings.chunk_rows``);
 - ``fake_alone``: a lean raw-socket HTTP/1.1 client in its own process sends template messages as
   fast as the fake answers: the fake's own ceiling.
 
@@ -76,7 +75,7 @@ SHOP_ID = "anatolia-shopify"
 LIMITS = (80, 1000)
 UNLIMITED = 100_000  # "no limit" for the diagnostics: far above what one machine can send
 PROVIDER_LATENCY_S = 0.2  # a diagnostic run with each answer this late, as over the internet
-BIG_CHUNK = 1000  # a diagnostic run with claims of this many rows (the default is 200)
+SMALL_CHUNK = 200  # a diagnostic run with claims of this many rows (the default: one second of sends)
 TARGET_SHARE = 0.95
 STAGE = 1
 # The moment of the run: the carts went quiet 1 to 3 hours before it, so stage 1 (30 minutes
@@ -753,45 +752,6 @@ def _fake_capacity(url: str, count: int, connections: int = 32) -> dict[str, Any
     }
 
 
-# -- a prototype: the client's connection pool in shards ------------------------------------------
-
-
-def sharded_client_class(shards: int = 16, connections_per_shard: int = 4) -> type:
-    """``WhatsAppClient`` with its httpx pool split into ``shards`` small pools, round robin.
-
-    A diagnostic of a suggested change to ``cart_recovery.dispatch.whatsapp`` (not the product):
-    httpcore's pool scans all its connections for every queued request each time a request
-    starts or ends, so one pool of 64 busy connections costs milliseconds of CPU per send; 16
-    pools of 4 keep every scan short. Same total connections, same limiter, same requests.
-    """
-    import httpx
-
-    from cart_recovery.dispatch.whatsapp import WhatsAppClient
-
-    class ShardedTransport(httpx.AsyncBaseTransport):
-        def __init__(self) -> None:
-            limits = httpx.Limits(
-                max_connections=connections_per_shard, max_keepalive_connections=connections_per_shard
-            )
-            self._shards = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
-            self._next = itertools.cycle(self._shards)
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            return await next(self._next).handle_async_request(request)
-
-        async def aclose(self) -> None:
-            for shard in self._shards:
-                await shard.aclose()
-
-    class ShardedPoolWhatsAppClient(WhatsAppClient):
-        def __init__(self, **options: Any) -> None:
-            super().__init__(**options)
-            self._http._transport = ShardedTransport()  # the pool only: headers, timeouts kept
-
-    ShardedPoolWhatsAppClient.__name__ = f"WhatsAppClient with {shards} pools of {connections_per_shard}"
-    return ShardedPoolWhatsAppClient
-
-
 def _client_alone(url: str, count: int, concurrency: int, client_class: type | None = None) -> dict[str, Any]:
     """The dispatcher's WhatsApp client alone (no database, no rendering): ``count`` template
     sends, ``concurrency`` at a time, to the fake with no limit; its CPU per send."""
@@ -865,22 +825,15 @@ def run(*, messages: int = 10_000, limits: tuple[float, ...] = LIMITS, profile_l
         profiles["unlimited"] = unlimited.pop("_profile")
     from cart_recovery.dispatch.dispatcher import CONCURRENCY
 
-    sharded = sharded_client_class()
     subset = _moment_when_due(database.url, max(500, messages // 5))  # a smaller batch
     latency = [
-        _dispatch_at(database.url, limit, now=subset, response_delay=PROVIDER_LATENCY_S, client_class=kind)
-        for limit in limits
-        for kind in (None, sharded)
+        _dispatch_at(database.url, limit, now=subset, response_delay=PROVIDER_LATENCY_S) for limit in limits
     ]
     sends = max(1_000, messages // 2)
     clients = [_client_alone(database.url, sends, c) for c in (CONCURRENCY, 16, 4)]
-    clients.append(_client_alone(database.url, sends, CONCURRENCY, sharded))
-    top = max(limits)  # the limit the stock client misses
-    sharded_runs = {
-        str(int(top)): _dispatch_at(database.url, top, client_class=sharded),
-        f"{int(top)} with chunks of {BIG_CHUNK}": _dispatch_at(
-            database.url, top, client_class=sharded, chunk_size=BIG_CHUNK
-        ),
+    top = max(limits)
+    small_chunks = {
+        f"{int(top)} with chunks of {SMALL_CHUNK}": _dispatch_at(database.url, top, chunk_size=SMALL_CHUNK)
     }
     capacity = _fake_capacity(database.url, count=max(2_000, messages))
     met = {
@@ -910,7 +863,7 @@ def run(*, messages: int = 10_000, limits: tuple[float, ...] = LIMITS, profile_l
             "dispatcher_unlimited": unlimited,
             "dispatcher_with_provider_latency": latency,
             "client_alone": clients,
-            "runs_with_the_sharded_pool_prototype": sharded_runs,
+            "runs_with_chunks_of_200": small_chunks,
             "fake_alone": capacity,
         },
         "targets": {

@@ -522,7 +522,7 @@ def _dispatch_at(
 ) -> dict[str, Any]:
     """Empty the outbox, start the fake at ``limit``, run ``dispatch_due`` as of ``now`` once
     (every row due by then); what happened. ``client_class``: a WhatsAppClient variant."""
-    from cart_recovery.dispatch.dispatcher import CONCURRENCY, Channels, dispatch_due
+    from cart_recovery.dispatch.dispatcher import Channels, dispatch_due, in_flight
     from cart_recovery.dispatch.whatsapp import WhatsAppClient
     from cart_recovery.shops import Shop
 
@@ -607,7 +607,7 @@ def _dispatch_at(
         "summary": summary.as_dict()["counts"],
         "dispatcher": {
             "chunk_rows": dispatch_settings.chunk_rows(limit),
-            "concurrency": CONCURRENCY,
+            "sends_in_flight": in_flight(Channels(whatsapp=client)),
             "enqueue": _span_stats(spans["enqueue"]),
             "claim": _span_stats(spans["claim"]),
             "record": _span_stats(spans["record"]),

@@ -59,6 +59,7 @@ def _quiet_hours(raw: str) -> tuple[time, time] | None:
 # spend most of the database's time on it. A dispatcher killed mid-batch leaves at most two chunks
 # ``sending`` (then ``unknown``): a few seconds of sends, whatever the rate.
 MIN_CHUNK_ROWS = 200
+MAX_CHUNK_ROWS = 2000
 CHUNK_SECONDS = 1.0
 
 
@@ -102,7 +103,8 @@ class DispatchSettings:
 
     def chunk_rows(self, messages_per_second: float | None = None) -> int:
         """Rows per claim: ``chunk_size`` when set, else one second of sends at the limit (when
-        known), at least ``MIN_CHUNK_ROWS``."""
+        known), at least ``MIN_CHUNK_ROWS`` and at most ``MAX_CHUNK_ROWS``."""
         if self.chunk_size is not None:
             return self.chunk_size
-        return max(MIN_CHUNK_ROWS, math.ceil((messages_per_second or 0) * CHUNK_SECONDS))
+        wanted = math.ceil((messages_per_second or 0) * CHUNK_SECONDS)
+        return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, wanted))

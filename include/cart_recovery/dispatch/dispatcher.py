@@ -34,8 +34,9 @@ from cart_recovery.dispatch.message import Coupon, MessageContext, Outcome, Send
 
 log = logging.getLogger(__name__)
 
-# How many sends of one chunk are in flight at once; the WhatsApp client's rate limiter decides
-# the pace, this only bounds open connections.
+# How many sends are in flight at once without a WhatsApp client to say (its ``max_connections``:
+# enough for its limit at a provider's latency); the client's rate limiter decides the pace, this
+# only bounds open connections.
 CONCURRENCY = 64
 
 
@@ -149,7 +150,8 @@ async def _run(
     contacted: dict[str, tuple[datetime, str]] = {}  # person -> (claimed at, cart)
     # one second of sends at the WhatsApp limit per chunk (at least 200 rows), unless configured
     chunk_rows = settings.chunk_rows(getattr(getattr(channels.whatsapp, "limiter", None), "rate", None))
-    semaphore = asyncio.Semaphore(CONCURRENCY)
+    concurrency = in_flight(channels)
+    semaphore = asyncio.Semaphore(concurrency)
     recorder = psycopg2.connect(database_url)
     recording = asyncio.Lock()  # one record transaction at a time on the recorder connection
 
@@ -167,11 +169,11 @@ async def _run(
                     answers[position] = error
 
     async def chunk(claimed: list[outbox.Claimed]) -> None:
-        # CONCURRENCY senders share the chunk's rows (not a task per row); the semaphore bounds
+        # ``concurrency`` senders share the chunk's rows (not a task per row); the semaphore bounds
         # the sends in flight across the two chunks that may overlap
         answers: list[Any] = [None] * len(claimed)
         rows = iter(enumerate(claimed))
-        await asyncio.gather(*(sender(rows, answers) for _ in range(min(CONCURRENCY, len(claimed)))))
+        await asyncio.gather(*(sender(rows, answers) for _ in range(min(concurrency, len(claimed)))))
         results = [
             answer if isinstance(answer, outbox.Result) else _crashed(row, answer, clock)
             for row, answer in zip(claimed, answers, strict=True)
@@ -214,6 +216,11 @@ async def _run(
         await asyncio.gather(*in_progress, return_exceptions=True)
         recorder.close()
         await _close(channels)
+
+
+def in_flight(channels: Channels) -> int:
+    """Sends in flight at once: the WhatsApp client's pool size, else ``CONCURRENCY``."""
+    return getattr(channels.whatsapp, "max_connections", None) or CONCURRENCY
 
 
 def _record(recorder, claimer: str, results: list[outbox.Result], clock: Clock) -> None:

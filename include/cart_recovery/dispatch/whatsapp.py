@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,6 +64,11 @@ DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
 DEFAULT_MESSAGES_PER_SECOND = 80.0
 MAX_CALLBACK_DATA = 512  # Meta's limit on biz_opaque_callback_data
+# Sends in flight (pooled connections): enough to keep the limit busy while each answer takes this
+# long (Meta is an internet round trip away), at least MIN_CONNECTIONS and at most MAX_CONNECTIONS.
+ANSWER_TIME_BUDGET_S = 0.5
+MIN_CONNECTIONS = 64
+MAX_CONNECTIONS = 512
 
 THROUGHPUT_CODES = frozenset({130429})
 FALLBACK_CODES = frozenset({131047, 131026})
@@ -179,7 +185,7 @@ class WhatsAppClient:
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         limiter: RateLimiter | None = None,
-        max_connections: int = 64,
+        max_connections: int | None = None,
     ) -> None:
         if not access_token or not phone_number_id:
             raise ConfigurationError("a WhatsApp client needs an access token and a phone_number_id")
@@ -195,7 +201,7 @@ class WhatsAppClient:
         self._sleep = sleep
         self._jitter = jitter
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
-        self._max_connections = max_connections
+        self.max_connections = max_connections or connections_for(self.limiter.rate)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -248,7 +254,7 @@ class WhatsAppClient:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self.timeouts.client_timeout(),
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
                 json_serialize=_dumps,
                 raise_for_status=False,
             )
@@ -312,6 +318,14 @@ class WhatsAppClient:
                 return result
             log.info("WhatsApp send to %s: attempt %d: %s", _masked(to), attempt, result.error)
         return result
+
+
+def connections_for(messages_per_second: float) -> int:
+    """Sends to keep in flight at this rate: 64, or the rate's ``ANSWER_TIME_BUDGET_S`` worth
+    (250 at 500/s, 500 at 1,000/s), so a provider's latency does not cap the rate below the limit;
+    at most 512."""
+    wanted = math.ceil(messages_per_second * ANSWER_TIME_BUDGET_S)
+    return min(MAX_CONNECTIONS, max(MIN_CONNECTIONS, wanted))
 
 
 def classify(status: int, body: Any) -> tuple[SendResult, bool]:

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -150,33 +150,38 @@ async def _run(
     contacted: dict[str, tuple[datetime, str]] = {}  # person -> (claimed at, cart)
     # one second of sends at the WhatsApp limit per chunk (at least 200 rows), unless configured
     chunk_rows = settings.chunk_rows(getattr(getattr(channels.whatsapp, "limiter", None), "rate", None))
-    concurrency = in_flight(channels)
-    semaphore = asyncio.Semaphore(concurrency)
     recorder = psycopg2.connect(database_url)
     recording = asyncio.Lock()  # one record transaction at a time on the recorder connection
+    # ``in_flight`` senders take the claimed rows in claim order, across chunks: no task per row,
+    # and never more sends in flight than the WhatsApp client's pool
+    rows: asyncio.Queue[tuple[_Chunk, int, outbox.Claimed] | None] = asyncio.Queue()
+    senders: list[asyncio.Task] = []
 
-    async def sender(rows: Iterator[tuple[int, outbox.Claimed]], answers: list[Any]) -> None:
-        # one of a chunk's senders: the next row in claim order, until the chunk is done
-        for position, row in rows:
-            async with semaphore:
-                try:
-                    answers[position] = await _send(
-                        row, clock, settings, channels, shops, no_coupon_templates
-                    )
-                except (Exception, asyncio.CancelledError) as error:
-                    if asyncio.current_task().cancelling():
-                        raise  # the run itself is being cancelled
-                    answers[position] = error
+    async def sender() -> None:
+        while (job := await rows.get()) is not None:
+            sending, position, row = job
+            try:
+                sending.answers[position] = await _send(
+                    row, clock, settings, channels, shops, no_coupon_templates
+                )
+            except (Exception, asyncio.CancelledError) as error:
+                if asyncio.current_task().cancelling():
+                    raise  # the run itself is being cancelled
+                sending.answers[position] = error
+            sending.pending -= 1
+            if not sending.pending:
+                sending.done.set()
 
     async def chunk(claimed: list[outbox.Claimed]) -> None:
-        # ``concurrency`` senders share the chunk's rows (not a task per row); the semaphore bounds
-        # the sends in flight across the two chunks that may overlap
-        answers: list[Any] = [None] * len(claimed)
-        rows = iter(enumerate(claimed))
-        await asyncio.gather(*(sender(rows, answers) for _ in range(min(concurrency, len(claimed)))))
+        if not senders:
+            senders.extend(asyncio.create_task(sender()) for _ in range(in_flight(channels)))
+        sending = _Chunk(answers=[None] * len(claimed), pending=len(claimed))
+        for position, row in enumerate(claimed):
+            rows.put_nowait((sending, position, row))
+        await sending.done.wait()
         results = [
             answer if isinstance(answer, outbox.Result) else _crashed(row, answer, clock)
-            for row, answer in zip(claimed, answers, strict=True)
+            for row, answer in zip(claimed, sending.answers, strict=True)
         ]
         async with recording:
             await asyncio.to_thread(_record, recorder, claimer, results, clock)
@@ -214,8 +219,20 @@ async def _run(
     finally:
         # an error above: what was claimed is still sent and recorded, then the error goes on
         await asyncio.gather(*in_progress, return_exceptions=True)
+        for _ in senders:
+            rows.put_nowait(None)
+        await asyncio.gather(*senders, return_exceptions=True)
         recorder.close()
         await _close(channels)
+
+
+@dataclass
+class _Chunk:
+    """One chunk's answers as its rows are sent, by claim position."""
+
+    answers: list[Any]
+    pending: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def in_flight(channels: Channels) -> int:

@@ -16,12 +16,12 @@ deadlock) before it reads them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from psycopg2.extras import execute_values
 
 from cart_recovery.dispatch import guards
@@ -288,7 +288,7 @@ def claim(
                     recipient,
                     facts["cart_url"],
                     verdict.until,
-                    json.dumps(verdict.guards),
+                    _json(verdict.guards),
                     claimer,
                     now,
                 )
@@ -320,7 +320,7 @@ def record(conn, claimer: str, results: Iterable[Result], revoke=None) -> int:
             r.template,
             r.due_at,
             r.provider_message_id,
-            json.dumps(r.provider_response) if r.provider_response is not None else None,
+            _json(r.provider_response) if r.provider_response is not None else None,
             r.rendered_text,
             r.coupon_code,
             r.coupon_pct,
@@ -328,7 +328,7 @@ def record(conn, claimer: str, results: Iterable[Result], revoke=None) -> int:
             r.coupon_expires_at,
             r.error_code,
             r.error,
-            json.dumps(r.guards) if r.guards else None,
+            _json(r.guards) if r.guards else None,
             r.at,
             claimer,
         )
@@ -349,6 +349,14 @@ def record(conn, claimer: str, results: Iterable[Result], revoke=None) -> int:
         if revoke is not None:
             revoke(cursor, results)
         return updated
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: Any) -> str:
+    """A jsonb parameter's text (msgspec: several times cheaper than json.dumps per row)."""
+    return _encoder.encode(value).decode()
 
 
 def _contact_keys(person: str, email: str | None, phone: str | None) -> list[str]:

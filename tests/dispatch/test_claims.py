@@ -7,6 +7,7 @@ the way the webhook service and the poller write it, and the claim must see it.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from psycopg2.extras import Json
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow puts it on the path
 
-from dbt_raw_rows import run_dbt, shopify_customer, shopify_order
+from dbt_raw_rows import run_dbt, shopify_checkout, shopify_customer, shopify_order
 from recovery_story import AS_OF, story
 from warehouse_rows import execute, rows
 
@@ -155,6 +156,80 @@ def test_an_order_that_landed_after_the_build_stops_the_episode(url):
     same_person = {row["plan_key"] for row in plan if row["email"] == target["email"]}
     assert ordered_now == ordered_before | same_person
     assert target["plan_key"] not in claimed
+
+
+def a_sendable_row_with_a_phone(url: str) -> dict:
+    """A due row the guards would send, with its cart's phone and times."""
+    _claimed, verdicts = claim_all(url, 1)
+    execute(url, "truncate ops.recovery_outbox")
+    sendable = [key for key, verdict in verdicts.items() if verdict.action == "send"]
+    [row] = rows(
+        url,
+        """
+        select plan.plan_key, plan.shop_id, carts.phone, carts.email, carts.created_at,
+            carts.last_activity_at
+        from marts.recovery_plan as plan join marts.abandoned_carts as carts using (cart_key)
+        where plan.plan_key = any(%s) and carts.phone is not null
+        order by plan.plan_key limit 1
+        """,
+        (sendable,),
+    )
+    return row
+
+
+def land_webhook(url: str, shop_id: str, topic: str, delivery: str, payload: dict) -> None:
+    execute(
+        url,
+        "insert into raw.webhook_events (platform, shop_id, topic, delivery_id, received_at, payload) "
+        "values ('shopify', %s, %s, %s, %s, %s)",
+        (shop_id, topic, f"after-build-{delivery}", NOW - timedelta(minutes=1), Json(payload)),
+    )
+
+
+@pytest.mark.parametrize("written", ["text", "number"])
+def test_a_raw_order_known_only_by_its_phone_stops_the_episode(url, written):
+    # the phone as a platform may nest it: punctuated text, or a bare JSON number, deep in the order
+    row = a_sendable_row_with_a_phone(url)
+    digits = re.sub(r"\D", "", row["phone"])
+    phone = f"+{digits[:2]} ({digits[2:5]}) {digits[5:8]}-{digits[8:]}" if written == "text" else int(digits)
+    nobody = shopify_customer(555002, "Late", None, None, False, False)
+    before_the_cart = shopify_order(99002, nobody, "10.00", row["created_at"] - timedelta(days=1))
+    before_the_cart["billing_address"] = {"contact": {"phones": [phone]}}
+    land_webhook(url, row["shop_id"], "orders/create", "order-before", before_the_cart)
+    assert claim_all(url, 1)[1][row["plan_key"]].action == "send"  # an older order: not this cart's
+    execute(url, "truncate ops.recovery_outbox")
+
+    since_the_cart = shopify_order(99003, nobody, "10.00", NOW - timedelta(minutes=1))
+    since_the_cart["billing_address"] = {"contact": {"phones": [phone]}}
+    land_webhook(url, row["shop_id"], "orders/create", "order-since", since_the_cart)
+    verdict = claim_all(url, 1)[1][row["plan_key"]]
+    assert (verdict.action, verdict.reason) == ("suppress", "ordered_since_cart")
+
+
+def test_cart_activity_that_landed_after_the_build_waits_for_the_next_plan(url):
+    row = a_sendable_row_with_a_phone(url)
+    person = shopify_customer(555004, "Same", row["email"].upper(), None, True, False)
+    earlier = row["last_activity_at"] - timedelta(minutes=5)
+    land_webhook(
+        url,
+        row["shop_id"],
+        "checkouts/update",
+        "cart-earlier",
+        shopify_checkout(99004, person, "10.00", earlier, earlier),
+    )
+    assert claim_all(url, 1)[1][row["plan_key"]].action == "send"  # nothing newer than the plan knew
+    execute(url, "truncate ops.recovery_outbox")
+
+    later = NOW - timedelta(minutes=2)
+    land_webhook(
+        url,
+        row["shop_id"],
+        "checkouts/update",
+        "cart-later",
+        shopify_checkout(99005, person, "10.00", row["created_at"], later),
+    )
+    verdict = claim_all(url, 1)[1][row["plan_key"]]
+    assert (verdict.action, verdict.reason) == ("defer", "cart_activity_since_plan")
 
 
 def test_a_stop_after_the_build_falls_back_to_email_or_suppresses(url):

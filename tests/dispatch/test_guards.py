@@ -318,3 +318,24 @@ def test_quiet_hours_can_be_set_or_switched_off(monkeypatch):
 
     with pytest.raises(ConfigurationError, match="21:00-09:00"):
         DispatchSettings.from_env()
+
+
+def test_chunks_hold_one_second_of_sends_at_the_limit_unless_set(monkeypatch):
+    monkeypatch.delenv("CART_RECOVERY_DISPATCH_CHUNK", raising=False)
+    settings = DispatchSettings.from_env()
+    assert settings.chunk_size is None
+    # at least 200 rows (80/s, or no WhatsApp client), one second's worth above, at most 2,000
+    assert [settings.chunk_rows(rate) for rate in (None, 80, 1000, 1500, 100_000)] == [
+        200,
+        200,
+        1000,
+        1500,
+        2000,
+    ]
+    monkeypatch.setenv("CART_RECOVERY_DISPATCH_CHUNK", "50")
+    assert DispatchSettings.from_env().chunk_rows(1000) == 50  # an operator's size is kept as is
+    monkeypatch.setenv("CART_RECOVERY_DISPATCH_CHUNK", "many")
+    from cart_recovery.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="CART_RECOVERY_DISPATCH_CHUNK"):
+        DispatchSettings.from_env()

@@ -21,8 +21,15 @@ import pytest
 import uvicorn
 
 from cart_recovery.database import Database
+from cart_recovery.dispatch.dispatcher import CONCURRENCY, Channels, in_flight
 from cart_recovery.dispatch.message import Outcome
-from cart_recovery.dispatch.whatsapp import RateLimiter, RetryPolicy, WhatsAppClient, classify
+from cart_recovery.dispatch.whatsapp import (
+    RateLimiter,
+    RetryPolicy,
+    WhatsAppClient,
+    classify,
+    connections_for,
+)
 from cart_recovery.errors import ConfigurationError
 from cart_recovery.simulator import Simulator, run_simulator
 from cart_recovery.simulator.whatsapp_api import load_templates
@@ -417,6 +424,16 @@ def test_concurrent_sends_hold_the_connections_rate(simulator, monkeypatch):
     )
     busiest = max(sum(1 for t in accepted if start <= t < start + 1.0) for start in accepted)
     assert busiest <= rate + 2
+
+
+def test_sends_in_flight_follow_the_limit():
+    # enough connections for the limit when each answer takes half a second, between 64 and 512
+    assert [connections_for(rate) for rate in (1, 80, 128, 500, 1000, 100_000)] == [64, 64, 64, 250, 500, 512]
+    fast = WhatsAppClient(access_token="t", phone_number_id="1", messages_per_second=1000)
+    assert (fast.max_connections, in_flight(Channels(whatsapp=fast))) == (500, 500)
+    fixed = WhatsAppClient(access_token="t", phone_number_id="1", messages_per_second=1000, max_connections=8)
+    assert in_flight(Channels(whatsapp=fixed)) == 8
+    assert in_flight(Channels()) == CONCURRENCY  # no WhatsApp client: email only
 
 
 # -- bad input and configuration -------------------------------------------------------------

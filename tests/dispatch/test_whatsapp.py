@@ -26,6 +26,7 @@ from cart_recovery.dispatch.message import Outcome
 from cart_recovery.dispatch.whatsapp import (
     RateLimiter,
     RetryPolicy,
+    Timeouts,
     WhatsAppClient,
     classify,
     connections_for,
@@ -335,6 +336,26 @@ def test_read_timeout_is_unknown_and_never_retried(simulator):
     assert sleeps.calls == []
     # Why it must not be re-sent: the fake took it.
     assert len(simulator.whatsapp.messages(to)) == 1
+
+
+def test_no_free_connection_in_time_is_retry_and_nothing_is_sent(simulator):
+    # one pooled connection, held by a slow send: the second send never gets it, so never goes out
+    simulator.whatsapp.knobs.response_delay = 1.5
+    first, second = _number(), _number()
+    options = {
+        "max_connections": 1,
+        "timeout": Timeouts(read=10.0, connect=0.2, pool=0.2),  # at most 0.4 s without a connection
+        "retry": RetryPolicy(attempts=1),
+    }
+
+    async def scenario():
+        async with _client(**options) as client:
+            return await asyncio.gather(template(first)(client), template(second)(client))
+
+    slow, starved = asyncio.run(scenario())
+    assert slow.outcome is Outcome.SENT
+    assert starved.outcome is Outcome.RETRY and starved.error.startswith("not sent: ConnectTimeout")
+    assert simulator.whatsapp.messages(second) == []
 
 
 @contextlib.contextmanager

@@ -138,7 +138,8 @@ class RetryPolicy:
 class Timeouts:
     """Seconds a send may wait: ``read`` for the answer (between bytes), ``connect`` for a new
     connection, ``pool`` for a free one of the pool's. The first is "no answer" (UNKNOWN), the
-    other two "not sent" (RETRY)."""
+    other two "not sent" (RETRY). aiohttp bounds the wait for a connection as a whole, so a send
+    gets one within ``pool + connect`` seconds or is not sent."""
 
     read: float = 15.0
     connect: float = 5.0

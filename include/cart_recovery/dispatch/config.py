@@ -11,7 +11,7 @@
 | COUPON_HOURS | 48: coupon validity, and always before the next sale (the plan's cap) |
 | SENDING_LEASE_MINUTES | 10: a row still `sending` after this becomes `unknown` |
 | DISPATCH_LOOKBACK_DAYS | 7: older due plan rows are left alone |
-| DISPATCH_CHUNK | rows per claim; unset: one second of sends at the WhatsApp limit, at least 200 |
+| DISPATCH_CHUNK | rows per claim; unset: one second of sends at the WhatsApp limit, 200 to 2,000 |
 | DISPATCH_MAX_ATTEMPTS | 5 refusals before the provider (429/5xx), then `failed` |
 """
 
@@ -53,11 +53,11 @@ def _quiet_hours(raw: str) -> tuple[time, time] | None:
         raise ConfigurationError(f"CART_RECOVERY_QUIET_HOURS {raw!r}: {exc}") from exc
 
 
-# A chunk (one claim transaction) holds at least this many rows, and at least one second of sends
-# at the WhatsApp limit: each claim costs PostgreSQL a fixed share (the raw rows that landed since
-# the last build are read for every chunk), so at 1,000 messages per second chunks of 200 would
-# spend most of the database's time on it. A dispatcher killed mid-batch leaves at most two chunks
-# ``sending`` (then ``unknown``): a few seconds of sends, whatever the rate.
+# A chunk (one claim transaction) holds one second of sends at the WhatsApp limit, at least
+# MIN_CHUNK_ROWS and at most MAX_CHUNK_ROWS rows: each claim costs PostgreSQL a fixed share (the
+# raw rows that landed since the last build are read for every chunk), so at 1,000 messages per
+# second chunks of 200 would spend most of the database's time on it. A dispatcher killed
+# mid-batch leaves at most two chunks ``sending`` (then ``unknown``): a few seconds of sends.
 MIN_CHUNK_ROWS = 200
 MAX_CHUNK_ROWS = 2000
 CHUNK_SECONDS = 1.0

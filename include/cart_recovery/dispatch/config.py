@@ -13,6 +13,7 @@
 | DISPATCH_LOOKBACK_DAYS | 7: older due plan rows are left alone |
 | DISPATCH_CHUNK | 200 rows claimed per transaction |
 | DISPATCH_MAX_ATTEMPTS | 5 refusals before the provider (429/5xx), then `failed` |
+| SEND_RETRY_DELAY_SECONDS | 30: a failed send task is retried (twice) after this (read at parse) |
 """
 
 from __future__ import annotations
@@ -82,3 +83,9 @@ class DispatchSettings:
             chunk_size=max(1, int(_number("CART_RECOVERY_DISPATCH_CHUNK", 200))),
             max_attempts=max(1, int(_number("CART_RECOVERY_DISPATCH_MAX_ATTEMPTS", 5))),
         )
+
+
+def send_retry_delay() -> timedelta:
+    """How long Airflow waits before it retries a stage's send task (a worker lost mid-batch):
+    the stage DAGs read it when they are parsed."""
+    return timedelta(seconds=_number("CART_RECOVERY_SEND_RETRY_DELAY_SECONDS", 30))

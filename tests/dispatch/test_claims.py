@@ -376,7 +376,9 @@ def test_rows_left_sending_wake_their_stage_when_the_lease_ends_so_they_become_u
             assert outbox.expire_leases(cursor, NOW + lease, SETTINGS) == len(killed)
     finally:
         conn.close()
-    stored = rows(url, "select status, claimed_by from ops.recovery_outbox where plan_key = any(%s)", (killed,))
+    stored = rows(
+        url, "select status, claimed_by from ops.recovery_outbox where plan_key = any(%s)", (killed,)
+    )
     assert {(row["status"], row["claimed_by"]) for row in stored} == {("unknown", "killed")}
     # and with nothing left sending, the stage sleeps again
     assert _first_event(trigger(NOW + lease))["status"] == "idle"

@@ -45,7 +45,7 @@ REDIS = ("127.0.0.1", 6379)
 REDIS_DATABASES = range(11, 16)
 _REDIS_CLAIM_KEY = "cart-recovery:stack-test"
 PORTS_ENV = "CART_RECOVERY_TEST_PORTS"  # the ports a stack may bind (see Ports), else free ones
-_STOP_WAIT_S = 15
+_STOP_WAIT_S = 5
 
 
 def say(message: str) -> None:

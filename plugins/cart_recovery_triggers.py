@@ -68,8 +68,9 @@ class DuePlanTrigger(BaseTrigger):
     """Waits, without a worker slot, until rows of one recovery stage fall due.
 
     It asks the warehouse for the stage's next due moment (``cart_recovery.dispatch.schedule``)
-    and sleeps until then, but never longer than ``poll_interval``, so a new plan (a
-    ``cart_transform`` build) with an earlier row is seen within that interval. It fires
+    (or the end of the lease of a row a killed dispatcher left ``sending``: the run it starts
+    turns that row ``unknown``) and sleeps until then, but never longer than ``poll_interval``, so
+    a new plan (a ``cart_transform`` build) with an earlier row is seen within that interval. It fires
     ``{"status": "due", "now": ...}`` when something is due, or ``{"status": "idle"}`` once
     ``timeout`` seconds passed with nothing due. With ``as_of`` (a replay) it checks once, at
     that moment, and answers at once.
@@ -83,6 +84,7 @@ class DuePlanTrigger(BaseTrigger):
         timeout: float = 3600.0,
         lookback_seconds: float = 7 * 24 * 3600.0,
         as_of: str | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         super().__init__()
         self.stage = stage
@@ -91,6 +93,9 @@ class DuePlanTrigger(BaseTrigger):
         self.timeout = timeout
         self.lookback_seconds = lookback_seconds
         self.as_of = as_of
+        # the dispatcher's lease: the stage also wakes when a row left `sending` passes it (None,
+        # as in a trigger serialized before this existed: it does not)
+        self.lease_seconds = lease_seconds
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -102,6 +107,7 @@ class DuePlanTrigger(BaseTrigger):
                 "timeout": self.timeout,
                 "lookback_seconds": self.lookback_seconds,
                 "as_of": self.as_of,
+                "lease_seconds": self.lease_seconds,
             },
         )
 
@@ -112,6 +118,7 @@ class DuePlanTrigger(BaseTrigger):
         from cart_recovery.dispatch.schedule import next_due
 
         lookback = timedelta(seconds=self.lookback_seconds)
+        lease = timedelta(seconds=self.lease_seconds) if self.lease_seconds is not None else None
         started = datetime.now(UTC)  # the trigger is the dispatcher's clock
         conn_url: str | None = None
         while True:
@@ -124,7 +131,7 @@ class DuePlanTrigger(BaseTrigger):
                     conn_url = (
                         get_connection(self.conn_id).get_uri().replace("postgres://", "postgresql://", 1)
                     )
-                due = await next_due(conn_url, self.stage, now, lookback)
+                due = await next_due(conn_url, self.stage, now, lookback, lease)
             except Exception as exc:  # a restarting warehouse must not fail the wait
                 log.warning("stage %s: %s; trying again in %s s", self.stage, exc, self.poll_interval)
             if due is not None and due <= now:

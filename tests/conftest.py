@@ -10,12 +10,13 @@ Airflow's home is ``.airflow/test``, so running the tests never touches a local 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg2
 import pytest
@@ -148,6 +149,26 @@ def airflow_db(session_database: Database) -> Database:
     _copies().append(session_database.airflow.database)
     copy_airflow(_state["template"], session_database, os.environ)  # type: ignore[arg-type]
     return session_database
+
+
+@pytest.fixture(scope="session")
+def fresh_airflow_db() -> Callable[[Database], contextlib.AbstractContextManager[Database]]:
+    """A context manager that gives ``database`` an Airflow metadata database of its own,
+    migrated (a fresh copy of the template, replacing any earlier one), for tests that run
+    Airflow's components against it; dropped when the block ends."""
+
+    @contextlib.contextmanager
+    def fresh(database: Database) -> Iterator[Database]:
+        name = database.airflow.database
+        _copies().append(name)
+        try:
+            copy_airflow(_state["template"], database, os.environ)  # type: ignore[arg-type]
+            yield database
+        finally:
+            drop_copies(_state["session"], name)  # type: ignore[arg-type]
+            _copies().remove(name)
+
+    return fresh
 
 
 @pytest.fixture(scope="session")

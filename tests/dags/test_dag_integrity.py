@@ -77,3 +77,17 @@ def test_each_stage_waits_deferred_then_sends(dagbag, stage):
     assert send.upstream_task_ids == {"wait_for_due"}
     assert send.execution_timeout is not None
     assert [inlet.uri for inlet in send.inlets] == ["cart-recovery://warehouse/marts/recovery_plan"]
+
+
+def test_the_send_task_retries_after_the_configured_delay(dagbag, monkeypatch):
+    """A send task whose worker died is retried (twice) after 30 s, or what the operator set."""
+    from cart_recovery.dispatch.stage_dag import build_stage_dag
+    from cart_recovery.errors import ConfigurationError
+
+    send = dagbag.dags["recovery_stage_1"].get_task("send_due")
+    assert (send.retries, send.retry_delay.total_seconds()) == (2, 30)
+    monkeypatch.setenv("CART_RECOVERY_SEND_RETRY_DELAY_SECONDS", "5")
+    assert build_stage_dag(2).get_task("send_due").retry_delay.total_seconds() == 5
+    monkeypatch.setenv("CART_RECOVERY_SEND_RETRY_DELAY_SECONDS", "soon")
+    with pytest.raises(ConfigurationError, match="CART_RECOVERY_SEND_RETRY_DELAY_SECONDS"):
+        build_stage_dag(3)

@@ -422,6 +422,43 @@ def test_the_stage_trigger_fires_when_rows_are_due_and_answers_idle_otherwise(ur
     assert DuePlanTrigger(**kwargs).serialize() == (path, kwargs)
 
 
+def test_rows_left_sending_wake_their_stage_when_the_lease_ends_so_they_become_unknown(url, monkeypatch):
+    """A dispatcher killed mid-send leaves its rows ``sending``. Recovery (``unknown``) must not
+    wait for the stage's next due row, which may be hours away: the stage wakes when the lease
+    ends, and the run it starts turns the rows ``unknown``."""
+    from cart_recovery_triggers import DuePlanTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_CART_RECOVERY_WAREHOUSE", url)
+    lookback, lease = SETTINGS.lookback.total_seconds(), SETTINGS.lease
+    killed, _ = claim_all(url, 1, claimer="killed")  # claimed at NOW, then the dispatcher died
+    assert killed
+    execute(url, "update ops.recovery_outbox set status = 'suppressed' where status = 'queued'")
+
+    def trigger(at):
+        return DuePlanTrigger(
+            stage=1, as_of=at.isoformat(), lookback_seconds=lookback, lease_seconds=lease.total_seconds()
+        )
+
+    # before the lease ends nothing is due, and it says when the stage wakes
+    idle = _first_event(trigger(NOW + lease - timedelta(seconds=1)))
+    assert (idle["status"], idle["next_due_at"]) == ("idle", (NOW + lease).isoformat())
+    # when it ends, the stage is due, and the run it starts (at the trigger's moment) recovers them
+    due = _first_event(trigger(NOW + lease))
+    assert (due["status"], due["due_at"]) == ("due", (NOW + lease).isoformat())
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            assert outbox.expire_leases(cursor, NOW + lease, SETTINGS) == len(killed)
+    finally:
+        conn.close()
+    stored = rows(
+        url, "select status, claimed_by from ops.recovery_outbox where plan_key = any(%s)", (killed,)
+    )
+    assert {(row["status"], row["claimed_by"]) for row in stored} == {("unknown", "killed")}
+    # and with nothing left sending, the stage sleeps again
+    assert _first_event(trigger(NOW + lease))["status"] == "idle"
+
+
 @pytest.mark.parametrize(
     ("model", "id_column", "time_column", "entity"),
     [

@@ -13,6 +13,7 @@
 | DISPATCH_LOOKBACK_DAYS | 7: older due plan rows are left alone |
 | DISPATCH_CHUNK | rows per claim; unset: one second of sends at the WhatsApp limit, 200 to 2,000 |
 | DISPATCH_MAX_ATTEMPTS | 5 refusals before the provider (429/5xx), then `failed` |
+| SEND_RETRY_DELAY_SECONDS | 30: a failed send task is retried (twice) after this (read at parse) |
 """
 
 from __future__ import annotations
@@ -108,3 +109,9 @@ class DispatchSettings:
             return self.chunk_size
         wanted = math.ceil((messages_per_second or 0) * CHUNK_SECONDS)
         return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, wanted))
+
+
+def send_retry_delay() -> timedelta:
+    """How long Airflow waits before it retries a stage's send task (a worker lost mid-batch):
+    the stage DAGs read it when they are parsed."""
+    return timedelta(seconds=_number("CART_RECOVERY_SEND_RETRY_DELAY_SECONDS", 30))

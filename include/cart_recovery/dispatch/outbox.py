@@ -76,7 +76,7 @@ set status = 'unknown',
     error = 'still sending after the lease (' || %(lease)s::text || '): the provider may have '
         || 'sent it; not re-sent, a status callback settles it',
     updated_at = %(now)s
-where status = 'sending' and claimed_at < %(now)s - %(lease)s::interval
+where status = 'sending' and claimed_at <= %(now)s - %(lease)s::interval
 """
 
 CLAIM_SQL = """

@@ -49,6 +49,7 @@ class DuePlanSensor(BaseSensorOperator):
                 as_of = pendulum.parse(as_of, tz="UTC").in_timezone("UTC").isoformat()
             except (ValueError, pendulum.parsing.exceptions.ParserError) as exc:
                 raise ValueError(f"param as_of {self.as_of!r} is not an ISO 8601 moment: {exc}") from exc
+        dispatch = DispatchSettings.from_env()
         self.defer(
             trigger=DuePlanTrigger(
                 stage=self.stage,
@@ -56,7 +57,9 @@ class DuePlanSensor(BaseSensorOperator):
                 poll_interval=self.poll_interval,
                 timeout=self.max_wait.total_seconds(),
                 # the dispatcher's look-back: rows it would not pick up must not wake the stage
-                lookback_seconds=DispatchSettings.from_env().lookback.total_seconds(),
+                lookback_seconds=dispatch.lookback.total_seconds(),
+                # rows a killed dispatcher left `sending` wake the stage when their lease ends
+                lease_seconds=dispatch.lease.total_seconds(),
                 as_of=as_of,
             ),
             method_name="execute_complete",

@@ -12,6 +12,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from cart_recovery import settings
+from cart_recovery.dispatch.config import send_retry_delay
 from cart_recovery.dispatch.sensor import DuePlanSensor
 from cart_recovery.transform import ASSET_RECOVERY_PLAN
 
@@ -57,8 +58,9 @@ def build_stage_dag(stage: int):
         tags=["cart-recovery", "dispatch", f"stage-{stage}"],
         default_args={
             "owner": "data-engineering",
+            # a worker lost mid-batch: its rows stay `sending`, the retry sends the rest
             "retries": 2,
-            "retry_delay": pendulum.duration(seconds=30),
+            "retry_delay": send_retry_delay(),
         },
         params={
             "as_of": Param(

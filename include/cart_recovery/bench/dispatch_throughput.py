@@ -542,6 +542,7 @@ def _dispatch_at(
             platform="shopify",
             domain="anatolia-linen.myshopify.com",
             api_base_url="https://anatolia-linen.myshopify.com",
+            country="TR",
             timezone="Europe/Istanbul",
             currency="TRY",
             language="tr",

@@ -11,11 +11,13 @@ hundreds of rows costs a few scans, not one per row); ``evaluate`` turns one row
 ``Verdict``. Both take ``now`` from the caller: the run's clock, never the wall clock.
 
 Orders and carts that landed after the last build are matched on the person's contacts found
-anywhere in their payloads (an email, or the last ten digits of a phone number), because the
-platforms nest them differently and the raw layer is not parsed yet; their own time (when
-ordered, when the cart changed) comes from ``ops.raw_event_time``, which reads it as the
-staging models do. This errs on the side of not sending: a raw order that mentions the person,
-placed after the cart was created (or with no readable time), stops the episode.
+anywhere in their payloads (an email, or a phone number in its E.164 form from
+``ops.phone_numbers``, which ingest wrote with the payload: ``07700 900456`` in a UK shop's order
+is the plan's ``+447700900456``), because the platforms nest them differently and the raw layer is
+not parsed yet; their own time (when ordered, when the cart changed) comes from
+``ops.raw_event_time``, which reads it as the staging models do. This errs on the side of not
+sending: a raw order that mentions the person, placed after the cart was created (or with no
+readable time), stops the episode.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cart_recovery.dispatch.config import DispatchSettings
+from cart_recovery.phones import PHONE_KEYS
 
 # Webhook topics that carry orders and carts, per platform (as the dbt staging models read them).
 ORDER_TOPICS = (
@@ -102,8 +105,7 @@ facts as (
         carts.last_activity_at,
         carts.superseded_at,
         coalesce(carts.email_consent, false) as email_consent,
-        coalesce(carts.message_consent, false) as message_consent,
-        right(regexp_replace(coalesce(carts.phone, ''), '[^0-9]', '', 'g'), 10) as phone_tail
+        coalesce(carts.message_consent, false) as message_consent
     from claimed
     left join marts.recovery_plan as plan
         on plan.cart_key = claimed.cart_key and plan.stage = claimed.stage
@@ -154,14 +156,17 @@ fresh_raw as (
 ),
 
 fresh_contacts as (
-    -- every email and phone-like value in those payloads
+    -- every email in those payloads, and every phone number in its E.164 form (ops.phone_numbers:
+    -- stored with the payload, read in the shop's country, as the plan's phone was)
     select distinct fresh_raw.entity, fresh_raw.shop_id, fresh_raw.event_at, contact.token
     from fresh_raw
     cross join lateral (
         select case
             when leaves.value like '%%@%%' then lower(trim(leaves.value))
-            when length(regexp_replace(leaves.value, '[^0-9]', '', 'g')) between 10 and 15
-                then right(regexp_replace(leaves.value, '[^0-9]', '', 'g'), 10)
+            when lower(leaves.key) = any(%(phone_keys)s) then (
+                select numbers.e164 from ops.phone_numbers as numbers
+                where numbers.shop_id = fresh_raw.shop_id and numbers.raw = leaves.value
+            )
         end as token
         from ops.jsonb_leaves(fresh_raw.payload) as leaves
     ) as contact
@@ -173,7 +178,7 @@ fresh_matches as (
     from facts
     inner join fresh_contacts
         on fresh_contacts.shop_id = facts.shop_id
-        and fresh_contacts.token in (facts.email, nullif(facts.phone_tail, ''))
+        and fresh_contacts.token in (facts.email, facts.phone)
     where (fresh_contacts.entity = 'order' and fresh_contacts.event_at >= facts.cart_created_at)
         or (fresh_contacts.entity = 'cart' and fresh_contacts.event_at > facts.last_activity_at)
 )
@@ -246,6 +251,7 @@ def facts_parameters(plan_keys: list[str], now: datetime) -> dict[str, Any]:
         "order_topics": list(ORDER_TOPICS),
         "cart_topics": list(CART_TOPICS),
         "contacted": list(CONTACTED),
+        "phone_keys": list(PHONE_KEYS),
     }
 
 

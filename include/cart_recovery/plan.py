@@ -6,7 +6,8 @@ privacy erasure since the last build (the dbt tables hold parsed personal data t
 longer have), and a shop added to, changed in or removed from the shops file since the last build
 (``ops.shop_changes``: history was computed with the old definition, e.g. local times in the old
 time zone, phone numbers read in the old country). Each successful run is recorded in
-``ops.transform_runs``."""
+``ops.transform_runs``.
+"""
 
 from __future__ import annotations
 

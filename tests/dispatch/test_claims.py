@@ -20,8 +20,8 @@ from psycopg2.extras import Json
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow puts it on the path
 
-from dbt_raw_rows import run_dbt, shopify_customer, shopify_order
-from recovery_story import AS_OF, story
+from dbt_raw_rows import cart_key, iso_gmt, run_dbt, shopify_customer, shopify_order, woo_order
+from recovery_story import AS_OF, UK_PHONE, WOO, story
 from warehouse_rows import execute, rows
 
 from cart_recovery.dispatch import outbox
@@ -155,6 +155,56 @@ def test_an_order_that_landed_after_the_build_stops_the_episode(url):
     same_person = {row["plan_key"] for row in plan if row["email"] == target["email"]}
     assert ordered_now == ordered_before | same_person
     assert target["plan_key"] not in claimed
+
+
+def test_a_raw_order_matches_the_person_by_phone_read_in_the_shops_country(url):
+    """A guest order lands by webhook after the build, its only contact a phone number. In the UK
+    shop, 07700 900456 is the plan's +447700900456: the episode stops. A +1 number that only
+    shares its last ten digits (the rule this replaces matched those) is someone else."""
+    from cart_recovery import phones
+    from cart_recovery.webhooks.store import EventStore, WebhookEvent
+
+    plan_key = next(
+        row["plan_key"] for row in due_plan(url, 1) if row["cart_key"] == cart_key(WOO, "woocommerce", "604")
+    )
+    assert rows(
+        url,
+        "select phone from marts.abandoned_carts where cart_key = %s",
+        (cart_key(WOO, "woocommerce", "604"),),
+    ) == [{"phone": UK_PHONE}]
+
+    def land_order(order_id: int, phone: str) -> None:
+        order = {
+            **woo_order(order_id, 0, "", "35.00", NOW - timedelta(hours=1)),
+            "billing": {"email": None, "phone": phone},
+            "date_created_gmt": iso_gmt(NOW - timedelta(hours=1)),
+        }
+        store = EventStore(url)
+        try:
+            store.insert(
+                [
+                    WebhookEvent(
+                        "woocommerce",
+                        WOO,
+                        "order.created",
+                        f"after-build-order-{order_id}",
+                        NOW - timedelta(minutes=1),
+                        Json(order).dumps(order),
+                        tuple(phones.phone_rows(WOO, "GB", phones.phone_strings(order))),
+                    )
+                ]
+            )
+        finally:
+            store.close()
+
+    land_order(99101, "+1 770 090 0456")
+    _claimed, verdicts = claim_all(url, 1)
+    assert verdicts[plan_key].action == "send"
+    execute(url, "truncate ops.recovery_outbox")
+
+    land_order(99102, "07700 900456")
+    _claimed, verdicts = claim_all(url, 1)
+    assert (verdicts[plan_key].action, verdicts[plan_key].reason) == ("suppress", "ordered_since_cart")
 
 
 def test_a_stop_after_the_build_falls_back_to_email_or_suppresses(url):

@@ -238,3 +238,19 @@ def test_a_change_to_the_shops_file_forces_a_full_refresh(clean_warehouse, tmp_p
         ("anatolia-shopify", "Europe/Berlin"),
         ("bosphorus-woo", "Europe/London"),
     ]
+
+
+def test_a_cart_of_a_shop_missing_from_the_shops_file_fails_the_run(cart_transform, clean_warehouse):
+    """In the DAG as Cosmos renders it (a task per model, its tests inside with dbt's buildable
+    selection): the cart of a shop the file does not have fails the run at int_carts_unioned,
+    and nothing downstream is built from it."""
+    with psycopg2.connect(clean_warehouse.url) as conn, conn.cursor() as cur:
+        cur.execute("update raw.webhook_events set shop_id = 'closed-shop' where shop_id = %s", (SHOP,))
+    for task in cart_transform.tasks:
+        task.retries = 0  # fail now, not after the production retry delay
+    dag_run = cart_transform.test(run_after=RUN_AFTER, logical_date=RUN_AFTER)
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "failed"
+    assert states["dbt.models.intermediate.carts.int_carts_unioned_model_build"] == "failed"
+    assert states["dbt.models.marts.recovery.recovery_plan_model_build"] == "upstream_failed"
+    assert states["publish_recovery_plan"] == "upstream_failed"

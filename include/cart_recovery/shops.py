@@ -127,20 +127,25 @@ def load_shops(path: Path | None = None) -> list[Shop]:
 # -- the shops in the warehouse ----------------------------------------------------------------
 
 _UPSERT_SQL = """
-insert into ops.shops as shops (shop_id, platform, country, timezone, currency, language, display_name)
-values (%(shop_id)s, %(platform)s, %(country)s, %(timezone)s, %(currency)s, %(language)s, %(display_name)s)
+insert into ops.shops as shops
+    (shop_id, platform, country, timezone, currency, language, display_name, free_shipping_threshold)
+values (%(shop_id)s, %(platform)s, %(country)s, %(timezone)s, %(currency)s, %(language)s, %(display_name)s,
+    %(free_shipping_threshold)s)
 on conflict (shop_id) do update set
     platform = excluded.platform, country = excluded.country, timezone = excluded.timezone,
-    currency = excluded.currency, language = excluded.language, display_name = excluded.display_name
-where (shops.platform, shops.country, shops.timezone, shops.currency, shops.language, shops.display_name)
+    currency = excluded.currency, language = excluded.language, display_name = excluded.display_name,
+    free_shipping_threshold = excluded.free_shipping_threshold
+where (shops.platform, shops.country, shops.timezone, shops.currency, shops.language, shops.display_name,
+        shops.free_shipping_threshold)
     is distinct from (excluded.platform, excluded.country, excluded.timezone, excluded.currency,
-        excluded.language, excluded.display_name)
+        excluded.language, excluded.display_name, excluded.free_shipping_threshold)
 returning shop_id
 """
 _CHANGE_SQL = "insert into ops.shop_changes (shop_id, change, definition) values (%s, %s, %s)"
 
 
-def _row(shop: Shop) -> dict[str, str]:
+def _row(shop: Shop) -> dict[str, str | None]:
+    free_over = shop.policy.shipping.free_over if shop.policy else None
     return {
         "shop_id": shop.id,
         "platform": shop.platform.value,
@@ -149,6 +154,7 @@ def _row(shop: Shop) -> dict[str, str]:
         "currency": shop.currency,
         "language": shop.language,
         "display_name": shop.display_name,
+        "free_shipping_threshold": None if free_over is None else str(free_over),
     }
 
 

@@ -31,16 +31,10 @@ with customer_records as (
 
 ),
 
--- what the shop is (the shops file, through ops.shops), and the analyst's policy for it
+-- what the shop is (the shops file, through ops.shops)
 shops as (
 
     select * from {{ ref('stg_ops__shops') }}
-
-),
-
-shop_policy as (
-
-    select * from {{ ref('shop_policy') }}
 
 ),
 
@@ -127,7 +121,7 @@ carts_with_contacts as (
         carts.cart_url,
         carts.line_items,
         carts.cart_value,
-        shop_policy.free_shipping_threshold,
+        shops.free_shipping_threshold,
         coalesce(carts.email_consent, true)
             and coalesce(customer_records.email_consent, true)
             and coalesce(carts.email_consent, customer_records.email_consent, false) as email_consent,
@@ -155,8 +149,6 @@ carts_with_contacts as (
     -- every cart's shop is there (test every_cart_shop_is_in_the_shops_file on int_carts_unioned)
     left join shops
         on shops.shop_id = carts.shop_id
-    left join shop_policy
-        on shop_policy.shop_id = carts.shop_id
 
 ),
 

@@ -20,7 +20,10 @@ final as (
         timezone,
         currency,
         language,
-        display_name
+        display_name,
+
+        -- numerics
+        free_shipping_threshold
 
     from shops
 

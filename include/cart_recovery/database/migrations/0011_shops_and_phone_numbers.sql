@@ -10,7 +10,9 @@ create table if not exists ops.shops (
     timezone        text not null,                                   -- IANA
     currency        text not null check (currency ~ '^[A-Z]{3}$'),   -- ISO 4217
     language        text not null,
-    display_name    text not null
+    display_name    text not null,
+    -- order value from which shipping is free (policy.shipping.free_over), in the shop's currency
+    free_shipping_threshold numeric(14, 2)
 );
 
 -- Every shop added to, changed in or removed from the file, as the sync saw it. A change after

@@ -14,13 +14,17 @@ CI); a test over two models runs in the task of the later one.
   waiting for a poll (about two minutes here: up to 15 s until the watcher sees it, and a build of
   about 1.5 min, after the one already running if any). `as_of` is when the first of the
   triggering Asset events queued the run.
-- **Reads:** schemas `raw` and `ops`, and the seeds in `policy` that analysts edit.
-- **Writes:** schemas `staging`, `intermediate`, `marts`; `ops.transform_runs`; emits the Asset
+- **Reads:** the shops file (`config/shops.yaml`; task `sync_shops` copies it into `ops.shops`,
+  which the models read), schemas `raw` and `ops`, and the seeds in `policy` that analysts edit.
+- **Writes:** `ops.shops`; schemas `staging`, `intermediate`, `marts`; `ops.transform_runs`; emits the Asset
   `cart-recovery://warehouse/marts/recovery_plan` (with the plan's counts) that the dispatcher
   is scheduled on.
 - **Incremental or full:** `decide_build` builds incrementally unless this is the first build,
   the run plans for an earlier moment than the last one (a backfill), a privacy erasure happened
-  since the last build, or the run was triggered with the param `full_refresh: true`.
+  since the last build, a shop was added to, changed in or removed from the shops file since the
+  last build, or the run was triggered with the param `full_refresh: true`. A cart, order or
+  customer of a shop missing from the shops file fails the build (dbt tests
+  `every_*_shop_is_in_the_shops_file`).
 - **The run's time (`as_of`):** `decide_build` takes it from the run
   (`cart_recovery.runtime.run_time`): the data interval end of a scheduled or backfill run, else
   the logical date, else `run_after`, which is all an asset-triggered run has. dbt gets it as the
@@ -62,6 +66,13 @@ AS_OF = "{{ ti.xcom_pull(task_ids='decide_build')['as_of'] }}"
 )
 def cart_transform():
     @task
+    def sync_shops() -> dict:
+        """The shops file into `ops.shops` (what the models read): the shops added, changed, removed."""
+        from cart_recovery.shops import sync_configured_shops
+
+        return sync_configured_shops()
+
+    @task
     def decide_build(params=None) -> dict:
         """The run's time (`as_of`), and whether to build incrementally or in full, and why."""
         from cart_recovery.plan import decide_build as decide
@@ -71,6 +82,7 @@ def cart_transform():
         return {"as_of": as_of, **decide(as_of, requested=bool(params["full_refresh"]))}
 
     decision = decide_build()
+    sync_shops() >> decision
 
     dbt_build = DbtTaskGroup(
         group_id="dbt",

@@ -9,28 +9,18 @@
 
 
 {#
-    Phone numbers to E.164 ("+905321234567") where that is unambiguous, else null:
-    - "+<country><number>" and "00<country><number>" (8 to 15 digits) are kept as international;
-    - national numbers are read in the default country (var `default_phone_country_code`, 90 for
-      Turkey, with var `national_number_length` digits after the trunk "0"): "0532 123 45 67" and
-      "532 123 45 67" become "+905321234567", "90 532 123 45 67" too.
-    Spaces, dashes, dots and brackets are ignored. Anything else (too short, letters) is null:
-    a number we cannot dial is no contact.
+    The phone number `expression` (SQL over the payload, as the platform sent it) in E.164
+    ("+905321234567"), or null when it is absent or no phone number: looked up in ops.phone_numbers,
+    where ingest stored the normal form of every phone string of the payloads it landed, read with
+    libphonenumber in the shop's country (cart_recovery.phones). "07700 900456" in a UK shop is
+    "+447700900456", "0532 123 45 67" in a Turkish one "+905321234567"; "123" is null (no contact,
+    never a guess). `relation`: the alias of the rows being read, whose shop_id scopes the lookup.
 #}
-{% macro normalize_phone(expression) -%}
-    {%- set country_code = var('default_phone_country_code', '90') | string -%}
-    {%- set national_length = var('national_number_length', 10) | int -%}
-    {%- set digits = "regexp_replace(coalesce(" ~ expression ~ ", ''), '[^0-9+]', '', 'g')" -%}
-    case
-        when {{ digits }} ~ '^\+[1-9][0-9]{7,14}$'
-            then {{ digits }}
-        when {{ digits }} ~ '^00[1-9][0-9]{7,13}$'
-            then '+' || substr({{ digits }}, 3)
-        when {{ digits }} ~ '^0[1-9][0-9]{ {{- national_length - 1 -}} }$'
-            then '+{{ country_code }}' || substr({{ digits }}, 2)
-        when {{ digits }} ~ '^{{ country_code }}[1-9][0-9]{ {{- national_length - 1 -}} }$'
-            then '+' || {{ digits }}
-        when {{ digits }} ~ '^[1-9][0-9]{ {{- national_length - 1 -}} }$'
-            then '+{{ country_code }}' || {{ digits }}
-    end
+{% macro normalize_phone(expression, relation) -%}
+    (
+        select phone_numbers.e164
+        from {{ source('ops', 'phone_numbers') }} as phone_numbers
+        where phone_numbers.shop_id = {{ relation }}.shop_id
+            and phone_numbers.raw = ({{ expression }})
+    )
 {%- endmacro %}

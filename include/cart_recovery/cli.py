@@ -9,6 +9,7 @@ cart-recovery simulate [--seed N] [--port P]  fake shop APIs for the demo and th
 cart-recovery webhooks [--host 127.0.0.1] [--port 8081]  the webhook service (FastAPI, uvicorn)
 cart-recovery coupons load --shop ID FILE.csv | status   the coupon code pool (Ideasoft, Ticimax)
 cart-recovery assistant reply --shop ID --text "..." [--cart KEY] [--json]   the assistant's answer
+cart-recovery shops sync           copy the shops file into ops.shops (cart_transform does it each run)
 cart-recovery airflow <args>       the Airflow CLI with the project's environment
 cart-recovery dbt <args>           dbt in dbt_project/ with the project's environment
 """
@@ -110,6 +111,24 @@ def _coupons(args: argparse.Namespace) -> int:
 
     with running_database() as database:
         return coupon_pool.run(args, database.url, now=datetime.now(UTC))
+
+
+def _shops(args: argparse.Namespace) -> int:
+    """``shops sync``: the shops file into ops.shops, with the phone numbers of new shops."""
+    import psycopg2
+
+    from cart_recovery.shops import load_shops, shops_file_path, sync_shops_table
+
+    shops = load_shops()
+    with running_database() as database, contextlib.closing(psycopg2.connect(database.url)) as conn:
+        result = sync_shops_table(conn, shops)
+    print(f"{len(shops)} shops from {shops_file_path()} in ops.shops")
+    for change, shop_ids in result.items():
+        if shop_ids:
+            print(f"  {change}: {', '.join(shop_ids)}")
+    if any(result.values()):
+        print("The next cart_transform build is a full refresh (the shop definitions changed).")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -341,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assistant_command.add_arguments(assistant)
     assistant.set_defaults(handler=assistant_command.run)
+
+    shops = commands.add_parser("shops", help="the shops file in the warehouse (ops.shops)")
+    shops.add_argument("action", choices=["sync"])
+    shops.set_defaults(handler=_shops)
 
     for tool in ("airflow", "dbt"):
         sub = commands.add_parser(

@@ -1,9 +1,12 @@
 """Around the dbt build of ``cart_transform``: whether to build incrementally, and what came out.
 
-Incremental models process what landed since their last build. Three things need a full
-refresh instead: the first build, a run planning for an earlier moment than the last build (a
-backfill), and a privacy erasure since the last build (the dbt tables hold parsed personal data
-that the raw rows no longer have). Each successful run is recorded in ``ops.transform_runs``.
+Incremental models process what landed since their last build. Four things need a full refresh
+instead: the first build, a run planning for an earlier moment than the last build (a backfill), a
+privacy erasure since the last build (the dbt tables hold parsed personal data that the raw rows no
+longer have), and a shop added to, changed in or removed from the shops file since the last build
+(``ops.shop_changes``: history was computed with the old definition, e.g. local times in the old
+time zone, phone numbers read in the old country). Each successful run is recorded in
+``ops.transform_runs``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ select count(*) from ops.privacy_requests
 where status = 'completed'
     and topic in ('customers/redact', 'shop/redact')
     and processed_at > %(since)s
+"""
+
+_SHOP_CHANGES_SINCE_SQL = """
+select string_agg(distinct shop_id, ', ' order by shop_id) from ops.shop_changes
+where changed_at > %(since)s
 """
 
 _SUMMARY_SQL = """
@@ -77,11 +85,13 @@ def decide_build(
         )
     else:
         erasures = hook.get_first(_ERASURES_SINCE_SQL, parameters={"since": last_finished_at})[0]
-        decision = (
-            BuildDecision(True, f"{erasures} privacy erasure(s) since the last build")
-            if erasures
-            else BuildDecision(False, "incremental")
-        )
+        changed_shops = hook.get_first(_SHOP_CHANGES_SINCE_SQL, parameters={"since": last_finished_at})[0]
+        if erasures:
+            decision = BuildDecision(True, f"{erasures} privacy erasure(s) since the last build")
+        elif changed_shops:
+            decision = BuildDecision(True, f"shops file changed since the last build: {changed_shops}")
+        else:
+            decision = BuildDecision(False, "incremental")
     return asdict(decision)
 
 

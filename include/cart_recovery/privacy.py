@@ -13,7 +13,11 @@
   privacy requests themselves stay, redacted, as the audit trail.
 
 A row is "about the customer" when one of their ids, emails or phone numbers appears in it (see
-``ops.jsonb_mentions_customer``), or it is one of the orders Shopify lists in the request.
+``ops.jsonb_mentions_customer``), or it is one of the orders Shopify lists in the request. Phone
+numbers are compared in their E.164 form (``cart_recovery.phones``, read in the shop's country):
+the request's ``+44 7700 900456`` finds the ``07700 900456`` a UK checkout carried (through
+``ops.phone_numbers``, whose rows for the number are deleted too) and the WhatsApp messages from
+``447700900456``.
 Each request is a row of ``ops.privacy_requests`` (pending, completed or failed), written in the
 same transaction as the event, so a crash before processing leaves it pending, and it is picked
 up again on the next delivery or when the service starts. Processing is idempotent.
@@ -22,13 +26,16 @@ up again on the next delivery or when the service starts. Processing is idempote
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import Json
+
+from cart_recovery import phones
+from cart_recovery.phones import PHONE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +91,6 @@ PERSONAL_KEYS: tuple[str, ...] = (
     "abandoned_checkout_url",
     "cart_url",
 )
-# Keys that hold phone numbers, matched on their last 10 digits.
-PHONE_KEYS: tuple[str, ...] = (
-    "phone",
-    "phonenumber",
-    "phone_number",
-    "ceptelefonu",
-    "mobile",
-    "from",
-    "wa_id",
-    "recipient_id",
-)
 # Tables with a shop_id column that shop/redact empties for the shop. Add new tables holding shop
 # data here (and, when they hold personal data, cover them in _customer_redact and _data_request).
 SHOP_DATA_TABLES: tuple[str, ...] = (
@@ -106,18 +102,22 @@ SHOP_DATA_TABLES: tuple[str, ...] = (
     "ops.data_exports",
     "ops.recovery_outbox",
     "ops.coupon_pool",
+    "ops.phone_numbers",
 )
 
 # The messages sent to the customer (ops.recovery_outbox) by the address they went to, and the
 # WhatsApp conversation of their phone (ops.conversations: one business number serves every shop).
 _OUTBOX_WHERE = """
     o.shop_id = %(shop_id)s and (
-        lower(o.recipient) = any (%(emails)s::text[])
-        or right(regexp_replace(coalesce(o.recipient, ''), '[^0-9]', '', 'g'), 10)
-            = any (%(phone_tails)s::text[]))
+        lower(o.recipient) = any (%(emails)s::text[]) or o.recipient = any (%(e164s)s::text[]))
 """
 _CONVERSATIONS_WHERE = """
-    right(regexp_replace(c.address, '[^0-9]', '', 'g'), 10) = any (%(phone_tails)s::text[])
+    c.address = any (%(e164s)s::text[])
+"""
+# The strings that are the customer's phone number in the shop's payloads: the request's own, and
+# every one the shop's payloads carried that reads as the same number.
+_PHONE_STRINGS_SQL = """
+select raw from ops.phone_numbers where shop_id = %(shop_id)s and e164 = any (%(e164s)s::text[])
 """
 
 
@@ -162,8 +162,13 @@ def record_request(
     return row[0], row[1]
 
 
-def process_request(conn: psycopg2.extensions.connection, request_id: int) -> str | None:
-    """Carry out one request in the caller's transaction; its new status (None if not ours now)."""
+def process_request(
+    conn: psycopg2.extensions.connection, request_id: int, countries: Mapping[str, str] | None = None
+) -> str | None:
+    """Carry out one request in the caller's transaction; its new status (None if not ours now).
+
+    ``countries``: shop id -> country (the shops file's), to read the request's phone number; a
+    shop not in it is looked up in ``ops.shops``."""
     with conn.cursor() as cur:
         cur.execute(
             "select shop_id, topic, payload, status from ops.privacy_requests "
@@ -179,7 +184,7 @@ def process_request(conn: psycopg2.extensions.connection, request_id: int) -> st
             if topic == SHOP_REDACT:
                 result = _shop_redact(cur, shop_id)
             else:
-                target = _Target.from_payload(shop_id, payload)
+                target = _Target.from_payload(cur, shop_id, payload, _country(cur, shop_id, countries))
                 if topic == CUSTOMERS_REDACT:
                     result = _customer_redact(cur, target)
                 else:
@@ -202,6 +207,16 @@ def process_request(conn: psycopg2.extensions.connection, request_id: int) -> st
         return "completed"
 
 
+def _country(
+    cur: psycopg2.extensions.cursor, shop_id: str, countries: Mapping[str, str] | None
+) -> str | None:
+    if countries and shop_id in countries:
+        return countries[shop_id]
+    cur.execute("select country from ops.shops where shop_id = %s", (shop_id,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
 def open_requests(conn: psycopg2.extensions.connection) -> list[int]:
     with conn.cursor() as cur:
         cur.execute("select request_id from ops.privacy_requests where status <> 'completed' order by 1")
@@ -219,28 +234,41 @@ class _Target:
         shop_id: str,
         customer_ids: list[str],
         emails: list[str],
-        phone_tails: list[str],
+        e164s: list[str],
+        phone_strings: list[str],
         order_ids: list[str],
     ) -> None:
         self.shop_id = shop_id
         self.customer_ids = customer_ids
         self.emails = emails
-        self.phone_tails = phone_tails
+        self.e164s = e164s  # the customer's number(s) in E.164
+        self.phone_strings = phone_strings  # every string of the shop's payloads that is one of them
         self.order_ids = order_ids
 
     @classmethod
-    def from_payload(cls, shop_id: str, payload: dict[str, Any]) -> _Target:
+    def from_payload(
+        cls, cur: psycopg2.extensions.cursor, shop_id: str, payload: dict[str, Any], country: str | None
+    ) -> _Target:
+        """``country``: the shop's, to read a number given without a country code (None: only an
+        international number is read; the request's string is still matched as it is)."""
         customer = _customer(payload)
         orders = payload.get("orders_to_redact") or payload.get("orders_requested") or []
-        digits = re.sub(r"\D", "", str(customer.get("phone") or ""))
+        phone = str(customer.get("phone") or "").strip()
+        e164 = phones.to_e164(phone, country) if phone else None
+        e164s = [e164] if e164 else []
+        strings = {phone} if phone else set()
+        if e164s:
+            cur.execute(_PHONE_STRINGS_SQL, {"shop_id": shop_id, "e164s": e164s})
+            strings.update(raw for (raw,) in cur.fetchall())
         target = cls(
             shop_id=shop_id,
             customer_ids=[str(customer["id"])] if customer.get("id") is not None else [],
             emails=[str(customer["email"]).strip().lower()] if customer.get("email") else [],
-            phone_tails=[digits[-10:]] if len(digits) >= 7 else [],
+            e164s=e164s,
+            phone_strings=sorted(strings),
             order_ids=[str(o) for o in orders if o is not None] if isinstance(orders, list) else [],
         )
-        if not (target.customer_ids or target.emails or target.phone_tails):
+        if not (target.customer_ids or target.emails or target.phone_strings):
             raise ValueError("the request names no customer id, email or phone")
         return target
 
@@ -249,7 +277,10 @@ class _Target:
             "shop_id": self.shop_id,
             "customer_ids": self.customer_ids,
             "emails": self.emails,
-            "phone_tails": self.phone_tails,
+            "e164s": self.e164s,
+            "phones": self.phone_strings,
+            # WhatsApp ids: the number without "+"
+            "wa_ids": [e164[1:] for e164 in self.e164s] + self.e164s,
             "order_ids": self.order_ids,
             "phone_keys": list(PHONE_KEYS),
             "personal_keys": list(PERSONAL_KEYS),
@@ -257,7 +288,7 @@ class _Target:
 
 
 _MENTIONS = (
-    "ops.jsonb_mentions_customer({col}, %(emails)s::text[], %(phone_tails)s::text[], "
+    "ops.jsonb_mentions_customer({col}, %(emails)s::text[], %(phones)s::text[], "
     "%(customer_ids)s::text[], %(phone_keys)s::text[])"
 )
 
@@ -267,9 +298,9 @@ _EVENTS_WHERE = f"""
     (e.shop_id = %(shop_id)s
      and ({_MENTIONS.format(col="e.payload")}
           or (e.topic like 'orders/%%' and e.payload ->> 'id' = any (%(order_ids)s::text[]))))
-    or (e.platform = 'whatsapp' and cardinality(%(phone_tails)s::text[]) > 0
+    or (e.platform = 'whatsapp' and cardinality(%(e164s)s::text[]) > 0
         and ops.jsonb_mentions_customer(
-            e.payload, '{{}}', %(phone_tails)s::text[], '{{}}', %(phone_keys)s::text[]))
+            e.payload, '{{}}', %(wa_ids)s::text[], '{{}}', %(phone_keys)s::text[]))
 """
 
 
@@ -320,6 +351,13 @@ def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[s
     messages = cur.rowcount
     cur.execute(f"delete from ops.conversations c where {_CONVERSATIONS_WHERE}", params)
     conversations = cur.rowcount
+    # The normal forms of their numbers: the payloads that carried those strings are redacted.
+    cur.execute(
+        "delete from ops.phone_numbers where shop_id = %(shop_id)s "
+        "and (e164 = any (%(e164s)s::text[]) or raw = any (%(phones)s::text[]))",
+        params,
+    )
+    phone_numbers = cur.rowcount
     # The privacy requests about this customer (this one included) keep their audit facts only.
     cur.execute(
         "update ops.privacy_requests set payload = ops.jsonb_redact(payload, %(personal_keys)s::text[]) "
@@ -336,6 +374,7 @@ def _customer_redact(cur: psycopg2.extensions.cursor, target: _Target) -> dict[s
         "data_exports_deleted": exports,
         "recovery_messages_redacted": messages,
         "conversations_deleted": conversations,
+        "phone_numbers_deleted": phone_numbers,
         "privacy_requests_redacted": cur.rowcount,
     }
 

@@ -1,7 +1,8 @@
 """``cart_transform`` runs end to end with ``dag.test()`` against the real test PostgreSQL.
 
-Raw rows go in, the DAG builds the marts through Cosmos, records the build and publishes the
-plan; a second run builds incrementally, and a privacy erasure forces the next one to refresh.
+Raw rows go in, the DAG copies the shops file into ``ops.shops``, builds the marts through
+Cosmos, records the build and publishes the plan; a second run builds incrementally, and a privacy
+erasure or a change to the shops file forces the next one to refresh.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg2
 import pytest
 
+from cart_recovery import phones
+
 SHOP = "anatolia-shopify"
+EXAMPLE_SHOPS = Path(__file__).resolve().parents[2] / "config" / "shops.example.yaml"
 RUN_AFTER = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
 
 
@@ -55,7 +60,9 @@ def _checkout(checkout_id: int, updated_at: datetime) -> dict:
 
 
 def _land(conn, checkout_id: int, updated_at: datetime) -> None:
+    """A checkout webhook, stored as the webhook service stores it (with its phone numbers)."""
     with conn.cursor() as cur:
+        phones.record_payload_phones(cur, SHOP, "TR", [_checkout(checkout_id, updated_at)])
         cur.execute(
             """
             insert into raw.webhook_events (platform, shop_id, topic, delivery_id, received_at, payload)
@@ -89,8 +96,11 @@ def cart_transform(airflow_db, dbt_manifest):
 
 @pytest.fixture(scope="module")
 def database(module_database):
-    """A warehouse of this module's own: its builds drop and rebuild the dbt schemas."""
-    return module_database
+    """A warehouse of this module's own: its builds drop and rebuild the dbt schemas. The shops
+    file is the example's, whose first shop the raw rows belong to."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CART_RECOVERY_SHOPS_FILE", str(EXAMPLE_SHOPS))
+        yield module_database
 
 
 @pytest.fixture
@@ -100,7 +110,7 @@ def clean_warehouse(database):
         cur.execute("drop schema if exists policy, staging, intermediate, marts cascade")
         cur.execute(
             "truncate raw.webhook_events, raw.polled_records, ops.transform_runs, "
-            "ops.privacy_requests cascade"
+            "ops.privacy_requests, ops.shops, ops.shop_changes, ops.phone_numbers cascade"
         )
         _land(conn, 1, RUN_AFTER - timedelta(hours=2))  # abandoned 2 hours before the run
     return database
@@ -116,7 +126,7 @@ def _run(dag, run_after: datetime, *, logical_date: datetime | None = None):
 
 def test_renders_every_dbt_node_as_a_task(cart_transform):
     """One task per model and seed of the manifest (its tests run inside it: `dbt build`), in
-    one task group per dbt folder so the graph reads layer by layer, plus the DAG's own two."""
+    one task group per dbt folder so the graph reads layer by layer, plus the DAG's own three."""
     from cart_recovery.settings import Paths
 
     manifest = json.loads(Paths.from_env().dbt_manifest.read_text())
@@ -127,7 +137,8 @@ def test_renders_every_dbt_node_as_a_task(cart_transform):
         if node["resource_type"] in ("model", "seed") and node["package_name"] == "cart_recovery"
     }
     assert "dbt.models.marts.recovery.recovery_plan_model_build" in expected  # the naming, pinned
-    assert set(cart_transform.task_ids) == expected | {"decide_build", "publish_recovery_plan"}
+    assert set(cart_transform.task_ids) == expected | {"sync_shops", "decide_build", "publish_recovery_plan"}
+    assert cart_transform.get_task("sync_shops").downstream_task_ids == {"decide_build"}
 
 
 def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):
@@ -140,6 +151,15 @@ def test_builds_the_marts_then_incrementally(cart_transform, clean_warehouse):
     runs = _query(database, "select full_refresh, reason, plan_summary from ops.transform_runs")
     assert [(full, reason) for full, reason, _ in runs] == [(True, "first build")]
     assert runs[0][2]["carts"] == 1 and runs[0][2]["plan_rows"] == 3
+    # the shop as the shops file defines it (task sync_shops), its phone read in its country
+    assert _query(database, "select shop_id, country, timezone from ops.shops order by shop_id")[0] == (
+        "anatolia-shopify",
+        "TR",
+        "Europe/Istanbul",
+    )
+    assert _query(database, "select timezone, currency, phone from marts.abandoned_carts") == [
+        ("Europe/Istanbul", "TRY", "+905321234567")
+    ]
 
     # A new cart lands; the next run builds incrementally and picks it up.
     with psycopg2.connect(database.url) as conn:
@@ -182,3 +202,55 @@ def test_privacy_erasure_and_backfill_force_a_full_refresh(cart_transform, clean
     decision = decide_build(last_as_of.isoformat())
     assert decision == {"full_refresh": True, "reason": "1 privacy erasure(s) since the last build"}
     assert decide_build(last_as_of.isoformat(), requested=True)["reason"] == "requested (param full_refresh)"
+
+
+def test_a_change_to_the_shops_file_forces_a_full_refresh(clean_warehouse, tmp_path, monkeypatch):
+    """A shop's definition changes what the models compute from history (local times, phone
+    numbers): the next build after a sync that changed a shop is a full refresh."""
+    from cart_recovery.plan import decide_build, record_build
+    from cart_recovery.shops import sync_configured_shops
+
+    assert sync_configured_shops()["added"] == [
+        "anatolia-shopify",
+        "bosphorus-woo",
+        "kapadokya-ideasoft",
+        "ege-ticimax",
+    ]
+    record_build("earlier-build", RUN_AFTER.isoformat(), {"full_refresh": True, "reason": "first build"}, {})
+    assert sync_configured_shops() == {"added": [], "changed": [], "removed": []}  # idempotent
+    assert decide_build(RUN_AFTER.isoformat()) == {"full_refresh": False, "reason": "incremental"}
+
+    edited = tmp_path / "shops.yaml"
+    text = EXAMPLE_SHOPS.read_text().replace("timezone: Europe/Istanbul", "timezone: Europe/Berlin", 1)
+    edited.write_text(text.split("  - id: kapadokya-ideasoft")[0])  # and two shops removed
+    monkeypatch.setenv("CART_RECOVERY_SHOPS_FILE", str(edited))
+    assert sync_configured_shops() == {
+        "added": [],
+        "changed": ["anatolia-shopify"],
+        "removed": ["ege-ticimax", "kapadokya-ideasoft"],
+    }
+    assert decide_build(RUN_AFTER.isoformat()) == {
+        "full_refresh": True,
+        "reason": "shops file changed since the last build: "
+        "anatolia-shopify, ege-ticimax, kapadokya-ideasoft",
+    }
+    assert _query(clean_warehouse, "select shop_id, timezone from ops.shops order by shop_id") == [
+        ("anatolia-shopify", "Europe/Berlin"),
+        ("bosphorus-woo", "Europe/London"),
+    ]
+
+
+def test_a_cart_of_a_shop_missing_from_the_shops_file_fails_the_run(cart_transform, clean_warehouse):
+    """In the DAG as Cosmos renders it (a task per model, its tests inside with dbt's buildable
+    selection): the cart of a shop the file does not have fails the run at int_carts_unioned,
+    and nothing downstream is built from it."""
+    with psycopg2.connect(clean_warehouse.url) as conn, conn.cursor() as cur:
+        cur.execute("update raw.webhook_events set shop_id = 'closed-shop' where shop_id = %s", (SHOP,))
+    for task in cart_transform.tasks:
+        task.retries = 0  # fail now, not after the production retry delay
+    dag_run = cart_transform.test(run_after=RUN_AFTER, logical_date=RUN_AFTER)
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "failed"
+    assert states["dbt.models.intermediate.carts.int_carts_unioned_model_build"] == "failed"
+    assert states["dbt.models.marts.recovery.recovery_plan_model_build"] == "upstream_failed"
+    assert states["publish_recovery_plan"] == "upstream_failed"

@@ -2,7 +2,13 @@
 
 The payloads follow docs/raw-layer.md (the shapes the simulator's fakes produce), so these tests
 exercise the same parsing the production data goes through. Rows are written to ``raw`` the way
-the two ingest paths write them: webhook deliveries and polled record versions.
+the two ingest paths write them: webhook deliveries and polled record versions, with the normal
+form of their phone numbers in ``ops.phone_numbers`` (``cart_recovery.phones``, in the same
+transaction, as ingest does). ``run_dbt`` first copies the shops file into ``ops.shops``, as
+``cart_transform`` does before each build.
+
+The shops are the environment's shops file (``CART_RECOVERY_SHOPS_FILE``), else
+``config/shops.example.yaml``, the shops the stories are written for.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ import psycopg2
 import pytest
 from psycopg2.extras import Json, execute_values
 
+from cart_recovery import phones, settings
+from cart_recovery.shops import SHOPS_FILE_ENV, Shop, load_shops, sync_shops_table
+
 DBT_PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
+EXAMPLE_SHOPS = Path(__file__).resolve().parents[2] / "config" / "shops.example.yaml"
 HOLDOUT_PCT = 10  # dbt_project.yml vars.holdout_pct
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 
@@ -105,7 +115,16 @@ class RawBatch:
         )
 
     def write(self, conn: psycopg2.extensions.connection) -> None:
+        countries = {shop.id: shop.country for shop in configured_shops()}
+        payloads: dict[str, list] = {}
+        for row in self.webhooks:
+            payloads.setdefault(row[1], []).append(row[5].adapted)
+        for row in self.polled:
+            payloads.setdefault(row[1], []).append(row[6].adapted)
         with conn.cursor() as cur:
+            for shop_id, documents in payloads.items():
+                if shop_id in countries:  # a shop outside the shops file has no country to read in
+                    phones.record_payload_phones(cur, shop_id, countries[shop_id], documents)
             if self.webhooks:
                 execute_values(
                     cur,
@@ -325,8 +344,26 @@ def dbt_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "DBT_TARGET_PATH": str(target), **extra}
 
 
-def run_dbt(*args: str, as_of: datetime) -> float:
-    """Run dbt in the project with the test environment; returns the seconds it took."""
+def configured_shops() -> list[Shop]:
+    """The environment's shops file, else the example file the stories are written for."""
+    configured = os.environ.get(SHOPS_FILE_ENV)
+    return load_shops(Path(configured) if configured else EXAMPLE_SHOPS)
+
+
+def sync_shops(shops: list[Shop] | None = None) -> dict[str, list[str]]:
+    """The shops (default: ``configured_shops()``) into ``ops.shops`` of the test warehouse."""
+    conn = psycopg2.connect(os.environ[settings.DATABASE_URL_ENV])
+    try:
+        return sync_shops_table(conn, configured_shops() if shops is None else shops)
+    finally:
+        conn.close()
+
+
+def run_dbt(*args: str, as_of: datetime, sync: bool = True) -> float:
+    """Run dbt in the project with the test environment; returns the seconds it took. First the
+    shops file goes into ``ops.shops``, as ``cart_transform`` does before each build (``sync``)."""
+    if sync:
+        sync_shops()
     started = time.monotonic()
     result = subprocess.run(
         ["dbt", *args, "--vars", json.dumps({"as_of": iso(as_of)})],

@@ -51,6 +51,9 @@ GUEST = guest_email(WOO)
 GUEST_ACCOUNT = 77
 # Lands a checkout by webhook (with its token) before AS_OF, then a newer polled version (no token).
 PATH_SWITCHER = pick_customer_id(SHOPIFY, 10001, holdout=False)
+# A WooCommerce (UK shop) account with +44 7700 900456, whose guest cart says 07700 900456.
+UK_BUYER = pick_customer_id(WOO, 11001, holdout=False)
+UK_PHONE = "+447700900456"
 
 
 def story() -> RawBatch:
@@ -204,6 +207,61 @@ def story() -> RawBatch:
             whatsapp_consent=False,
         ),
         at("2026-12-11 15:00"),
+    )
+
+    # The UK shop: an account with an international number, then a guest cart (no email) with the
+    # national spelling of the same number: one person (phone numbers are read in the shop's
+    # country, GB), so the cart belongs to the account.
+    poll(
+        "woocommerce",
+        WOO,
+        "customer",
+        UK_BUYER,
+        at("2026-09-01 10:00"),
+        {
+            "id": UK_BUYER,
+            "email": "oliver@example.co.uk",
+            "first_name": "Oliver",
+            "last_name": "Smith",
+            "billing": {"email": "oliver@example.co.uk", "phone": "+44 7700 900456"},
+            "date_created_gmt": iso_gmt(at("2026-09-01 10:00")),
+            "date_modified_gmt": iso_gmt(at("2026-09-01 10:00")),
+        },
+    )
+    wh(
+        "woocommerce",
+        WOO,
+        "cart.updated",
+        woo_cart(
+            604,
+            0,
+            None,
+            "07700 900456",
+            "35.00",
+            at("2026-12-13 18:00"),
+            at("2026-12-13 18:00"),
+            email_consent=False,
+            whatsapp_consent=True,
+        ),
+        at("2026-12-13 18:00"),
+    )
+    # A guest whose only contact is no phone number at all: no contact, never a guess.
+    wh(
+        "woocommerce",
+        WOO,
+        "cart.updated",
+        woo_cart(
+            605,
+            0,
+            None,
+            "123",
+            "15.00",
+            at("2026-12-13 19:00"),
+            at("2026-12-13 19:00"),
+            email_consent=False,
+            whatsapp_consent=True,
+        ),
+        at("2026-12-13 19:00"),
     )
 
     # Ticimax (polled only): contacts and consent live on the member; times are shop-local.

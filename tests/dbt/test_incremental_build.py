@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from dbt_raw_rows import cart_key, customer_key, query, run_dbt
-from recovery_story import AS_OF_LATER, GUEST_ACCOUNT, SHOPIFY, TICIMAX, WOO, later_story
+from recovery_story import AS_OF_LATER, GUEST_ACCOUNT, SHOPIFY, TICIMAX, UK_BUYER, UK_PHONE, WOO, later_story
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,14 @@ def test_incremental_build_equals_full_refresh(built):
         (SHOPIFY,),
     ) == [(cart_key(SHOPIFY, "shopify", "7010"), 1300, "c7010token")]
     assert query(built, planned, (path_switcher,)) == [(1,), (2,), (3,)]
+
+    # a UK guest's 07700 900456, read in the UK shop's country: the number of the account that
+    # has +44 7700 900456, so the cart is that account's
+    assert query(
+        built,
+        "select phone, customer_key from marts.abandoned_carts where cart_key = %s",
+        (cart_key(WOO, "woocommerce", "603"),),
+    ) == [(UK_PHONE, customer_key(WOO, customer_id=str(UK_BUYER)))]
 
     run_dbt("run", "--full-refresh", as_of=AS_OF_LATER)
     for table in MART_TABLES:

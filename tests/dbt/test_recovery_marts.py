@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 import yaml
 from dbt_raw_rows import DBT_PROJECT, at, cart_key, customer_key, dbt_env, query
-from recovery_story import HELD_OUT, IDEASOFT, REPEATER, SHOPIFY, TICIMAX, WOO
+from recovery_story import HELD_OUT, IDEASOFT, REPEATER, SHOPIFY, TICIMAX, UK_BUYER, UK_PHONE, WOO
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,42 @@ def test_guest_without_consent_is_not_contacted(built):
         "select is_guest from marts.abandoned_carts where cart_key = %s",
         (cart_key(WOO, "woocommerce", "602"),),
     ) == [(True,)]
+
+
+def test_phone_numbers_are_read_in_the_shops_country(built):
+    """A UK shop's guest cart says 07700 900456, its account +44 7700 900456: one number
+    (+447700900456, not the Turkish +907700900456), so one person: the cart is the account's.
+    A Turkish shop's 0532 123 45 67 is +905321234567."""
+    rows = query(
+        built,
+        "select phone, customer_key, is_guest, timezone, language, currency "
+        "from marts.abandoned_carts where cart_key = %s",
+        (cart_key(WOO, "woocommerce", "604"),),
+    )
+    assert rows == [
+        (UK_PHONE, customer_key(WOO, customer_id=str(UK_BUYER)), False, "Europe/London", "en", "GBP")
+    ]
+    assert query(
+        built,
+        "select phone from marts.customers where customer_key = %s",
+        (customer_key(WOO, customer_id=str(UK_BUYER)),),
+    ) == [(UK_PHONE,)]
+    assert [row[1] for row in plan(built, WOO, "woocommerce", "604")] == ["whatsapp"] * 3
+    assert query(
+        built,
+        "select phone from marts.abandoned_carts where cart_key = %s",
+        (cart_key(SHOPIFY, "shopify", "7001"),),
+    ) == [("+905321234567",)]
+
+
+def test_a_phone_number_that_does_not_parse_is_no_contact(built):
+    """A guest whose only contact is "123": no phone, no contact, never a guess."""
+    assert query(
+        built,
+        "select phone, email from marts.abandoned_carts where cart_key = %s",
+        (cart_key(WOO, "woocommerce", "605"),),
+    ) == [(None, None)]
+    assert reasons(plan(built, WOO, "woocommerce", "605")) == ["no_contact"] * 3
 
 
 def test_ticimax_cart_takes_contacts_and_local_times_from_the_member(built):

@@ -7,7 +7,6 @@ the way the webhook service and the poller write it, and the claim must see it.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -21,8 +20,16 @@ from psycopg2.extras import Json
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dbt"))  # the story's raw-row helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow puts it on the path
 
-from dbt_raw_rows import run_dbt, shopify_checkout, shopify_customer, shopify_order
-from recovery_story import AS_OF, story
+from dbt_raw_rows import (
+    cart_key,
+    iso_gmt,
+    run_dbt,
+    shopify_checkout,
+    shopify_customer,
+    shopify_order,
+    woo_order,
+)
+from recovery_story import AS_OF, UK_PHONE, WOO, story
 from warehouse_rows import execute, rows
 
 from cart_recovery.dispatch import outbox
@@ -186,26 +193,6 @@ def land_webhook(url: str, shop_id: str, topic: str, delivery: str, payload: dic
     )
 
 
-@pytest.mark.parametrize("written", ["text", "number"])
-def test_a_raw_order_known_only_by_its_phone_stops_the_episode(url, written):
-    # the phone as a platform may nest it: punctuated text, or a bare JSON number, deep in the order
-    row = a_sendable_row_with_a_phone(url)
-    digits = re.sub(r"\D", "", row["phone"])
-    phone = f"+{digits[:2]} ({digits[2:5]}) {digits[5:8]}-{digits[8:]}" if written == "text" else int(digits)
-    nobody = shopify_customer(555002, "Late", None, None, False, False)
-    before_the_cart = shopify_order(99002, nobody, "10.00", row["created_at"] - timedelta(days=1))
-    before_the_cart["billing_address"] = {"contact": {"phones": [phone]}}
-    land_webhook(url, row["shop_id"], "orders/create", "order-before", before_the_cart)
-    assert claim_all(url, 1)[1][row["plan_key"]].action == "send"  # an older order: not this cart's
-    execute(url, "truncate ops.recovery_outbox")
-
-    since_the_cart = shopify_order(99003, nobody, "10.00", NOW - timedelta(minutes=1))
-    since_the_cart["billing_address"] = {"contact": {"phones": [phone]}}
-    land_webhook(url, row["shop_id"], "orders/create", "order-since", since_the_cart)
-    verdict = claim_all(url, 1)[1][row["plan_key"]]
-    assert (verdict.action, verdict.reason) == ("suppress", "ordered_since_cart")
-
-
 def test_cart_activity_that_landed_after_the_build_waits_for_the_next_plan(url):
     row = a_sendable_row_with_a_phone(url)
     person = shopify_customer(555004, "Same", row["email"].upper(), None, True, False)
@@ -230,6 +217,56 @@ def test_cart_activity_that_landed_after_the_build_waits_for_the_next_plan(url):
     )
     verdict = claim_all(url, 1)[1][row["plan_key"]]
     assert (verdict.action, verdict.reason) == ("defer", "cart_activity_since_plan")
+
+
+def test_a_raw_order_matches_the_person_by_phone_read_in_the_shops_country(url):
+    """A guest order lands by webhook after the build, its only contact a phone number. In the UK
+    shop, 07700 900456 is the plan's +447700900456: the episode stops. A +1 number that only
+    shares its last ten digits (the rule this replaces matched those) is someone else."""
+    from cart_recovery import phones
+    from cart_recovery.webhooks.store import EventStore, WebhookEvent
+
+    plan_key = next(
+        row["plan_key"] for row in due_plan(url, 1) if row["cart_key"] == cart_key(WOO, "woocommerce", "604")
+    )
+    assert rows(
+        url,
+        "select phone from marts.abandoned_carts where cart_key = %s",
+        (cart_key(WOO, "woocommerce", "604"),),
+    ) == [{"phone": UK_PHONE}]
+
+    def land_order(order_id: int, phone: str) -> None:
+        order = {
+            **woo_order(order_id, 0, "", "35.00", NOW - timedelta(hours=1)),
+            "billing": {"email": None, "phone": phone},
+            "date_created_gmt": iso_gmt(NOW - timedelta(hours=1)),
+        }
+        store = EventStore(url)
+        try:
+            store.insert(
+                [
+                    WebhookEvent(
+                        "woocommerce",
+                        WOO,
+                        "order.created",
+                        f"after-build-order-{order_id}",
+                        NOW - timedelta(minutes=1),
+                        Json(order).dumps(order),
+                        tuple(phones.phone_rows(WOO, "GB", phones.phone_strings(order))),
+                    )
+                ]
+            )
+        finally:
+            store.close()
+
+    land_order(99101, "+1 770 090 0456")
+    _claimed, verdicts = claim_all(url, 1)
+    assert verdicts[plan_key].action == "send"
+    execute(url, "truncate ops.recovery_outbox")
+
+    land_order(99102, "07700 900456")
+    _claimed, verdicts = claim_all(url, 1)
+    assert (verdicts[plan_key].action, verdicts[plan_key].reason) == ("suppress", "ordered_since_cart")
 
 
 def test_a_stop_after_the_build_falls_back_to_email_or_suppresses(url):

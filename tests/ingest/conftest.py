@@ -20,6 +20,7 @@ def _forget_shops(url: str, shop_ids: list[str]) -> None:
                 "ops.quarantine",
                 "ops.ingest_watermarks",
                 "ops.validation_runs",
+                "ops.phone_numbers",
             ):
                 cur.execute(f"delete from {table} where shop_id = any(%s)", (shop_ids,))
     finally:

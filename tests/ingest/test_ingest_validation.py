@@ -30,7 +30,7 @@ def test_each_broken_fact_is_named_and_good_rows_pass():
         _cart("3", currency="TL"),
         _cart("4", total="-1.00"),
         _cart("5", total="abc"),
-        _cart("6", phone="0532 123 45 67"),
+        _cart("6", phone="0532 12"),
         _cart("7", email="ayse@"),
         _cart("8", updated_at=None),
         _cart("9", updated_at=END + timedelta(days=3), created_at=END),
@@ -46,7 +46,7 @@ def test_each_broken_fact_is_named_and_good_rows_pass():
         _cart("15", total="10.50"),
         _cart("15", total="99.00"),
     ]
-    verdict = validate_batch("cart", records, END)
+    verdict = validate_batch("cart", records, END, "TR")
     reasons = {record.record_id: found for record, found in verdict.bad}
     assert [r.record_id for r in verdict.good] == ["1", "13", "14", "14"]
     assert reasons[None] == ["record_id_present"]
@@ -67,5 +67,26 @@ def test_each_broken_fact_is_named_and_good_rows_pass():
 
 def test_products_need_no_currency_or_total():
     product = PolledRecord(entity="product", record_id="1", payload={}, updated_at=END)
-    verdict = validate_batch("product", [product], END)
+    verdict = validate_batch("product", [product], END, "TR")
     assert verdict.good == [product] and not verdict.bad
+
+
+def test_phone_numbers_are_read_in_the_shops_country():
+    """A national number is fine (it used to be quarantined for not being E.164 already): it is
+    read in the shop's country. What is no phone number anywhere is quarantined."""
+    records = [
+        _cart("1", phone="0532 123 45 67"),
+        _cart("2", phone="07700 900456"),
+        _cart("3", phone="+44 7700 900456"),
+        _cart("4", phone="123"),
+        _cart("5", phone="abc"),
+        _cart("6", phone="+0123456789"),
+    ]
+    for country in ("TR", "GB"):
+        verdict = validate_batch("cart", records, END, country)
+        assert [r.record_id for r in verdict.good] == ["1", "2", "3"]
+        assert {r.record_id: found for r, found in verdict.bad} == {
+            "4": ["phone_e164"],
+            "5": ["phone_e164"],
+            "6": ["phone_e164"],
+        }

@@ -279,6 +279,30 @@ def test_bad_rows_are_quarantined_and_good_rows_still_load(simulator, database, 
     assert run[4] == 2  # one report row per interval: the re-run updated it instead of adding one
 
 
+@pytest.mark.parametrize("defects", [4])
+@pytest.mark.parametrize("shop_id", SHOPS)
+def test_phone_numbers_land_in_their_normal_form_with_the_records(simulator, database, warehouse, shop_id):
+    """Every phone number of what a poll landed (or quarantined) has its E.164 form, read in the
+    shop's country, stored in the same transaction: the models and the guards read it there."""
+    from cart_recovery import phones
+
+    shop = simulator.shop(shop_id)
+    ingest_shop(shop, interval_end=INTERVAL_END, conn_url=database.url)
+    with warehouse.cursor() as cur:
+        cur.execute(
+            "select payload from raw.polled_records where shop_id = %s "
+            "union all select payload from ops.quarantine where shop_id = %s",
+            (shop_id, shop_id),
+        )
+        landed = set().union(*(phones.phone_strings(payload) for (payload,) in cur.fetchall()))
+        cur.execute("select raw, country, e164 from ops.phone_numbers where shop_id = %s", (shop_id,))
+        stored = {raw: (country, e164) for raw, country, e164 in cur.fetchall()}
+    assert landed and set(stored) == landed
+    assert stored == {raw: (shop.country, phones.to_e164(raw, shop.country)) for raw in landed}
+    if shop.platform != "ticimax":  # Ticimax carts carry no phone, so no phone defect
+        assert stored["0532 12"] == (shop.country, None)  # the defect: no number, never a guess
+
+
 @pytest.mark.parametrize("shop_id", SHOPS)
 def test_credentials_pasted_with_whitespace_still_work(simulator, database, monkeypatch, shop_id):
     """A token copied with a trailing newline (or a key with spaces) is sent without them."""

@@ -14,6 +14,7 @@ SHOP = """
     platform: {platform}
     domain: {domain}
     api_base_url: https://{domain}
+    country: {country}
     timezone: {timezone}
     currency: TRY
     language: tr
@@ -23,13 +24,35 @@ SHOP = """
 
 def _write(tmp_path: Path, *entries: dict) -> Path:
     path = tmp_path / "shops.yaml"
-    path.write_text("shops:\n" + "".join(SHOP.format(**entry) for entry in entries))
+    path.write_text("shops:\n" + "".join(SHOP.format(**{"country": "TR", **entry}) for entry in entries))
     return path
 
 
 def test_example_file_loads():
     shops = load_shops(EXAMPLE)
     assert shops and all(isinstance(shop.platform, Platform) for shop in shops)
+    assert {shop.id: shop.country for shop in shops}["bosphorus-woo"] == "GB"
+
+
+def test_a_shop_without_a_country_is_refused_with_what_to_add(tmp_path):
+    path = _write(tmp_path, {"id": "a", "platform": "shopify", "domain": "a.com", "timezone": "UTC"})
+    path.write_text(path.read_text().replace("    country: TR\n", ""))
+    with pytest.raises(ConfigurationError, match=r"shop 'a' has no country: add e.g. `country: TR`"):
+        load_shops(path)
+
+
+@pytest.mark.parametrize(
+    ("country", "message"),
+    [
+        ("gb", r"unknown country 'gb' \(did you mean 'GB'\?\)"),
+        ("UK", "unknown country 'UK': use an ISO 3166-1 alpha-2 code"),
+        ("Turkey", "unknown country 'Turkey'"),
+    ],
+)
+def test_an_unknown_country_is_refused(tmp_path, country, message):
+    entry = {"id": "a", "platform": "shopify", "domain": "a.com", "timezone": "UTC", "country": country}
+    with pytest.raises(ConfigurationError, match=message):
+        load_shops(_write(tmp_path, entry))
 
 
 def test_env_var_names_the_file(tmp_path, monkeypatch):

@@ -63,7 +63,8 @@ def shops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Shops:
         conn_id = f"wh_{platform}_{suffix}"
         entries.append(
             f"  - id: {shop.id}\n    platform: {platform}\n    domain: {domain}\n"
-            f"    api_base_url: https://{domain}\n    timezone: Europe/Istanbul\n    currency: TRY\n"
+            f"    api_base_url: https://{domain}\n    country: TR\n"
+            "    timezone: Europe/Istanbul\n    currency: TRY\n"
             f"    language: tr\n    conn_id: {conn_id}\n"
         )
         monkeypatch.setenv(

@@ -225,6 +225,46 @@ def test_customers_redact(client, shops, db, held_data):
     assert value["contacts"][0]["profile"] is None
 
 
+def test_customers_redact_matches_the_number_read_in_the_shops_country_and_no_other(client, shops, db):
+    """The request's +90 555 ... is a guest checkout's 0555 ... (the shop's country is TR); a
+    +1 555 ... with the same last ten digits is someone else's number, and stays."""
+    shop_id = shops.shopify.id
+    national = f"0555 {_DIGITS[:3]} {_DIGITS[3:5]} {_DIGITS[5:]}"
+    american = f"+1 555 {_DIGITS[:3]} {_DIGITS[3:]}"
+    for checkout_id, phone in ((11, national), (12, american)):
+        guest = shopify_checkout(checkout_id=checkout_id, customer_id=None, email=None, phone=phone)
+        _send(client, shops, "checkouts/update", guest)
+    # the webhook service stored each number's normal form with the checkout
+    assert dict(
+        fetch(
+            db,
+            "select raw, e164 from ops.phone_numbers where shop_id = %s and raw in (%s, %s)",
+            shop_id,
+            national,
+            american,
+        )
+    ) == {national: AYSE_E164, american: "+1555" + _DIGITS}
+
+    _send(client, shops, "customers/redact", _request(shops))
+
+    phones = dict(
+        fetch(
+            db,
+            "select payload ->> 'id', payload ->> 'phone' from raw.webhook_events "
+            "where shop_id = %s and topic = 'checkouts/update'",
+            shop_id,
+        )
+    )
+    assert phones == {"11": None, "12": american}
+    assert fetch(
+        db,
+        "select raw from ops.phone_numbers where shop_id = %s and raw in (%s, %s)",
+        shop_id,
+        national,
+        american,
+    ) == [(american,)]
+
+
 def test_customers_data_request(client, shops, db, held_data):
     shop_id = shops.shopify.id
     _send(

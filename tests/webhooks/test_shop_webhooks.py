@@ -327,3 +327,24 @@ def test_body_stored_verbatim_as_json(client, shops, db):
     body = json.dumps(document, ensure_ascii=True).encode()
     assert _send(client, shops, "shopify", body).status_code == 200
     assert _stored(db, shops)[0][4]["customer"]["first_name"] == "Çağla 🌷"
+
+
+def test_the_events_phone_numbers_are_stored_read_in_the_shops_country(client, shops, db):
+    """With the event, in the same statement: the E.164 form of every phone number in it, read in
+    the shop's country (TR here), for the models and the guards to match people by."""
+    checkout = shopify_checkout(phone="0532 123 45 67")
+    checkout["customer"]["phone"] = "+90 532 123 45 67"
+    checkout["billing_address"]["phone"] = "123"
+    assert _send(client, shops, "shopify", dumps(checkout)).status_code == 200
+    assert _send(client, shops, "woocommerce", dumps(woocommerce_cart())).status_code == 200
+    rows = fetch(
+        db, "select shop_id, raw, country, e164 from ops.phone_numbers where shop_id = any(%s)", shops.ids
+    )
+    assert sorted(rows) == sorted(
+        [
+            (shops.shopify.id, "0532 123 45 67", "TR", "+905321234567"),
+            (shops.shopify.id, "+90 532 123 45 67", "TR", "+905321234567"),
+            (shops.shopify.id, "123", "TR", None),
+            (shops.woocommerce.id, "+447700900123", "TR", "+447700900123"),
+        ]
+    )

@@ -67,6 +67,7 @@ from cart_recovery import settings
 from cart_recovery.connections import WHATSAPP_CONN_ID, env_var_name
 from cart_recovery.database import Database, migrate
 from cart_recovery.errors import CartRecoveryError
+from cart_recovery.shops import Shop, sync_shops_table
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +288,22 @@ class _FakeProcess:
 # -- setup: raw carts and a dbt build --------------------------------------------------------------
 
 
+def _shop() -> Shop:
+    """The shop the carts belong to, as the shops file would declare it."""
+    return Shop(
+        id=SHOP_ID,
+        platform="shopify",
+        domain="anatolia-linen.myshopify.com",
+        api_base_url="https://anatolia-linen.myshopify.com",
+        country="TR",
+        timezone="Europe/Istanbul",
+        currency="TRY",
+        language="tr",
+        conn_id="anatolia_shopify",
+        name="Anatolia Linen",
+    )
+
+
 def _fresh_database() -> Database:
     from cart_recovery.bench.live_pipeline import fresh_databases
 
@@ -320,6 +337,13 @@ def _plan(database: Database, messages: int) -> dict[str, Any]:
         landed = cur.rowcount
         cur.execute("analyze raw.polled_records")
     conn.close()
+    # the shop into ops.shops, as cart_transform copies it; a new shop's stored phone numbers are
+    # read in its country then (ingest would have stored them as the carts landed)
+    conn = psycopg2.connect(database.url)
+    try:
+        sync_shops_table(conn, [_shop()])
+    finally:
+        conn.close()
     land_s = time.perf_counter() - started
 
     env = project_environment(database, airflow_profile="bench")
@@ -524,7 +548,6 @@ def _dispatch_at(
     (every row due by then); what happened. ``client_class``: a WhatsAppClient variant."""
     from cart_recovery.dispatch.dispatcher import Channels, dispatch_due, in_flight
     from cart_recovery.dispatch.whatsapp import WhatsAppClient
-    from cart_recovery.shops import Shop
 
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("truncate ops.recovery_outbox, ops.consent_revocations, ops.conversations")
@@ -536,17 +559,7 @@ def _dispatch_at(
         os.environ[env_var_name(WHATSAPP_CONN_ID)] = json.dumps(fake.info["connection"])
         # the real path: the client from the connection, at the connection's limit
         client = (client_class or WhatsAppClient).from_connection()
-        shop = Shop(
-            id=SHOP_ID,
-            platform="shopify",
-            domain="anatolia-linen.myshopify.com",
-            api_base_url="https://anatolia-linen.myshopify.com",
-            timezone="Europe/Istanbul",
-            currency="TRY",
-            language="tr",
-            conn_id="anatolia_shopify",
-            name="Anatolia Linen",
-        )
+        shop = _shop()
         dispatch_settings = _dispatch_settings(chunk_size)
         cpu = _cpu_meter(fake.pid, url)
         profiler = cProfile.Profile() if profile else None

@@ -316,7 +316,8 @@ def _measure(url: str, *, duration_s: float, clients: int, workers: int, baselin
     shops_file.write_text(
         "shops:\n"
         f"  - id: {SHOP_ID}\n    platform: shopify\n    domain: {domain}\n"
-        f"    api_base_url: https://{domain}\n    timezone: Europe/Istanbul\n    currency: TRY\n"
+        f"    api_base_url: https://{domain}\n    country: TR\n"
+        "    timezone: Europe/Istanbul\n    currency: TRY\n"
         f"    language: tr\n    conn_id: {CONN_ID}\n"
     )
     env = {

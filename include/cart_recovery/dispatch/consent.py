@@ -41,6 +41,8 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2.extras import Json
 
+from cart_recovery import phones
+
 log = logging.getLogger(__name__)
 
 CHANNELS = ("whatsapp", "email")
@@ -170,20 +172,19 @@ def is_stop_message(text: str | None) -> bool:
 
 # -- revocations ---------------------------------------------------------------------------------
 
-_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
-
 
 def normalise_address(channel: str, address: str) -> str:
     """The address as revocations store it: E.164 (``+905551234567``) for WhatsApp, the lower-cased
-    email for email. A WhatsApp id without ``+`` (Meta's ``from``/``wa_id``) gets one."""
+    email for email. A WhatsApp id without ``+`` (Meta's ``from``/``wa_id``: ``447700900456``) is
+    the same number: the normal form is ``cart_recovery.phones``', as in the plan and the guards."""
     if channel not in CHANNELS:
         raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {channel!r}")
     if not isinstance(address, str) or not address.strip():
         raise ValueError(f"a {channel} address is required, got {address!r}")
     address = address.strip()
     if channel == "whatsapp":
-        phone = address if address.startswith("+") else "+" + address
-        if not _PHONE.fullmatch(phone):
+        phone = phones.whatsapp_e164(address)
+        if phone is None:
             raise ValueError(f"not an E.164 phone number: {address!r}")
         return phone
     if "@" not in address or any(c.isspace() for c in address):

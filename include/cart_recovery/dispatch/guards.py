@@ -11,11 +11,13 @@ hundreds of rows costs a few scans, not one per row); ``evaluate`` turns one row
 ``Verdict``. Both take ``now`` from the caller: the run's clock, never the wall clock.
 
 Orders and carts that landed after the last build are matched on the person's contacts found
-anywhere in their payloads (an email, or the last ten digits of a phone number), because the
-platforms nest them differently and the raw layer is not parsed yet; their own time (when
-ordered, when the cart changed) comes from ``ops.raw_event_time``, which reads it as the
-staging models do. This errs on the side of not sending: a raw order that mentions the person,
-placed after the cart was created (or with no readable time), stops the episode.
+anywhere in their payloads (an email, or a phone number in its E.164 form from
+``ops.phone_numbers``, which ingest wrote with the payload: ``07700 900456`` in a UK shop's order
+is the plan's ``+447700900456``), because the platforms nest them differently and the raw layer is
+not parsed yet; their own time (when ordered, when the cart changed) comes from
+``ops.raw_event_time``, which reads it as the staging models do. This errs on the side of not
+sending: a raw order that mentions the person, placed after the cart was created (or with no
+readable time), stops the episode.
 """
 
 from __future__ import annotations
@@ -102,8 +104,7 @@ facts as (
         carts.last_activity_at,
         carts.superseded_at,
         coalesce(carts.email_consent, false) as email_consent,
-        coalesce(carts.message_consent, false) as message_consent,
-        right(regexp_replace(coalesce(carts.phone, ''), '[^0-9]', '', 'g'), 10) as phone_tail
+        coalesce(carts.message_consent, false) as message_consent
     from claimed
     left join marts.recovery_plan as plan
         on plan.cart_key = claimed.cart_key and plan.stage = claimed.stage
@@ -152,8 +153,10 @@ fresh_raw as materialized (
 ),
 
 fresh_contacts as materialized (
-    -- every email and phone-like value in those payloads: their string and number leaves at any
-    -- depth (jsonpath's strict .** visits each once); the digits are counted before any regexp
+    -- every email in those payloads (their string and number leaves at any depth: jsonpath's
+    -- strict .** visits each once), and every phone number in its E.164 form: a leaf with 7 to
+    -- 15 digits (counted before any lookup) that ops.phone_numbers knows for the shop, stored
+    -- with the payload and read in the shop's country, as the plan's phone was
     select fresh_raw.n, fresh_raw.shop_id, contact.token
     from fresh_raw
     cross join lateral jsonb_path_query(
@@ -164,8 +167,11 @@ fresh_contacts as materialized (
         select case
             when leaves.value like '%%@%%' then lower(trim(leaves.value))
             when length(leaves.value) - length(translate(leaves.value, '0123456789', ''))
-                between 10 and 15
-                then right(regexp_replace(leaves.value, '[^0-9]', '', 'g'), 10)
+                between 7 and 15
+                then (
+                    select numbers.e164 from ops.phone_numbers as numbers
+                    where numbers.shop_id = fresh_raw.shop_id and numbers.raw = leaves.value
+                )
         end as token
     ) as contact
     where contact.token is not null
@@ -176,7 +182,7 @@ fresh_matches as (
     -- ordered, when the cart last changed) is read only then; unreadable: now
     select facts.plan_key, fresh_raw.entity
     from facts
-    cross join lateral (values (facts.email), (nullif(facts.phone_tail, ''))) as mine (token)
+    cross join lateral (values (facts.email), (facts.phone)) as mine (token)
     inner join fresh_contacts
         on fresh_contacts.token = mine.token and fresh_contacts.shop_id = facts.shop_id
     inner join fresh_raw on fresh_raw.n = fresh_contacts.n

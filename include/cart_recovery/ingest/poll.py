@@ -26,6 +26,7 @@ from itertools import islice
 
 import psycopg2
 
+from cart_recovery import phones
 from cart_recovery.ingest import store
 from cart_recovery.ingest.validation import prepare as prepare_validation
 from cart_recovery.ingest.validation import validate_batch
@@ -152,9 +153,11 @@ def ingest_entity(
                 batch = _dedupe(batch)
                 if batch:
                     _prepare_validation_once(entity)
-                verdict = validate_batch(entity, batch, interval_end)
+                verdict = validate_batch(entity, batch, interval_end, shop.country)
                 fetched_at = datetime.now(UTC)  # audit only: when the rows arrived
                 with conn, conn.cursor() as cur:
+                    # the normal form of the batch's phone numbers, committed with the records
+                    phones.record_payload_phones(cur, shop.id, shop.country, [r.payload for r in batch])
                     loaded = store.insert_records(
                         cur,
                         platform=shop.platform.value,

@@ -50,6 +50,7 @@ class SimulatedShop:
     language: str
     currency: str
     timezone: str
+    country: str  # ISO 3166-1 alpha-2: where the shop's customers' phone numbers are from
     api_key: str  # Shopify access token, WooCommerce consumer key, Ticimax UyeKodu, Ideasoft client id
     api_secret: str  # WooCommerce consumer secret, Ideasoft client secret (unused elsewhere)
     webhook_secret: str
@@ -147,11 +148,13 @@ class ShopData:
     orders: list[Order] = field(default_factory=list)
 
 
+_ISTANBUL = "Europe/Istanbul"
+# id, platform, domain, language, currency, time zone, country
 DEFAULT_SHOPS = (
-    ("anatolia-shopify", Platform.SHOPIFY, "anatolia-linen.myshopify.com", "tr", "TRY", "Europe/Istanbul"),
-    ("hudson-woo", Platform.WOOCOMMERCE, "shop.hudson-goods.example", "en", "USD", "America/New_York"),
-    ("kapadokya-ticimax", Platform.TICIMAX, "www.kapadokya-moda.example", "tr", "TRY", "Europe/Istanbul"),
-    ("ege-ideasoft", Platform.IDEASOFT, "egebutik.myideasoft.com", "tr", "TRY", "Europe/Istanbul"),
+    ("anatolia-shopify", Platform.SHOPIFY, "anatolia-linen.myshopify.com", "tr", "TRY", _ISTANBUL, "TR"),
+    ("hudson-woo", Platform.WOOCOMMERCE, "shop.hudson-goods.example", "en", "USD", "America/New_York", "US"),
+    ("kapadokya-ticimax", Platform.TICIMAX, "www.kapadokya-moda.example", "tr", "TRY", _ISTANBUL, "TR"),
+    ("ege-ideasoft", Platform.IDEASOFT, "egebutik.myideasoft.com", "tr", "TRY", _ISTANBUL, "TR"),
 )
 
 
@@ -161,7 +164,7 @@ def _secret(seed: int, *parts: str) -> str:
 
 def default_shops(seed: int) -> list[SimulatedShop]:
     shops = []
-    for shop_id, platform, domain, language, currency, tz in DEFAULT_SHOPS:
+    for shop_id, platform, domain, language, currency, tz, country in DEFAULT_SHOPS:
         key = _secret(seed, shop_id, "key")
         if platform is Platform.SHOPIFY:
             key = f"shpat_{key}"
@@ -175,6 +178,7 @@ def default_shops(seed: int) -> list[SimulatedShop]:
                 language=language,
                 currency=currency,
                 timezone=tz,
+                country=country,
                 api_key=key,
                 api_secret=("cs_" if platform is Platform.WOOCOMMERCE else "")
                 + _secret(seed, shop_id, "secret"),
@@ -407,9 +411,11 @@ def _with_defect(cart: Cart, n: int) -> Cart:
         return replace(cart, total_override=Decimal("-15.00"))
     customer = replace(cart.customer) if cart.customer else None
     if kind == "phone":
+        # too short to be a number of any country (a national number such as 0532 123 45 67 is
+        # fine: it is read in the shop's country)
         if customer:
-            customer.phone = "0532 123 45 67"
-        return replace(cart, phone="0532 123 45 67", customer=customer)
+            customer.phone = "0532 12"
+        return replace(cart, phone="0532 12", customer=customer)
     if customer:
         customer.email = "ayse.yilmaz@"
     return replace(cart, email="ayse.yilmaz@", customer=customer)

@@ -105,6 +105,7 @@ class Simulator:
             platform=sim.platform,
             domain=sim.domain,
             api_base_url=self.url(sim.id),
+            country=sim.country,
             timezone=sim.timezone,
             currency=sim.currency,
             language=sim.language,

@@ -32,8 +32,8 @@ from fastapi import BackgroundTasks, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from cart_recovery import __version__, privacy
-from cart_recovery.shops import Platform
+from cart_recovery import __version__, phones, privacy
+from cart_recovery.shops import Platform, Shop
 from cart_recovery.webhooks import funnel, pages, signatures, whatsapp
 from cart_recovery.webhooks.config import WebhookConfig
 from cart_recovery.webhooks.platforms import WEBHOOK_HEADERS, WebhookHeaders
@@ -76,7 +76,8 @@ def create_app(config: WebhookConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Privacy requests left pending by a crash or a database outage.
-        await run_in_threadpool(_process_open_privacy_requests, store)
+        countries = {secret.shop.id: secret.shop.country for secret in config.shops.values()}
+        await run_in_threadpool(_process_open_privacy_requests, store, countries)
         yield
         store.close()
 
@@ -189,7 +190,7 @@ async def _receive_shop_webhook(
         _ingest_shop,
         store,
         headers,
-        shop.shop.id,
+        shop.shop,
         shop.secret,
         body,
         {name: request.headers.get(name) for name in (headers.signature, headers.topic, headers.delivery_id)},
@@ -200,7 +201,7 @@ async def _receive_shop_webhook(
 
 def verified_event(
     headers: WebhookHeaders,
-    shop_id: str,
+    shop: Shop,
     secret: str,
     body: bytes,
     values: dict[str, str | None],
@@ -209,8 +210,10 @@ def verified_event(
     """Signature (401), JSON (400) and topic (400) checks; the event to store and the parsed body.
 
     ``values`` maps the platform's signature, topic and delivery-id header names to their values.
-    Shared by the FastAPI route and the ASGI fast path, so both answer exactly alike.
+    Shared by the FastAPI route and the ASGI fast path, so both answer exactly alike. The event
+    carries the normal form of the payload's phone numbers, read in the shop's country.
     """
+    shop_id = shop.id
     if not signatures.verify_base64(secret, body, values[headers.signature]):
         log.warning(
             "%s webhook for shop %s: bad or missing %s", headers.platform.value, shop_id, headers.signature
@@ -221,20 +224,23 @@ def verified_event(
     if not topic:
         raise HTTPException(400, f"missing {headers.topic} header")
     delivery_id = (values[headers.delivery_id] or "").strip() or "sha256:" + hashlib.sha256(body).hexdigest()
-    return WebhookEvent(headers.platform.value, shop_id, topic, delivery_id, received_at, text), document
+    numbers = tuple(phones.phone_rows(shop_id, shop.country, phones.phone_strings(document)))
+    event = WebhookEvent(headers.platform.value, shop_id, topic, delivery_id, received_at, text, numbers)
+    return event, document
 
 
 def _ingest_shop(
     store: EventStore,
     headers: WebhookHeaders,
-    shop_id: str,
+    shop: Shop,
     secret: str,
     body: bytes,
     values: dict[str, str | None],
     received_at: datetime,
     background: BackgroundTasks,
 ) -> JSONResponse:
-    event, document = verified_event(headers, shop_id, secret, body, values, received_at)
+    event, document = verified_event(headers, shop, secret, body, values, received_at)
+    shop_id = shop.id
     topic, delivery_id = event.topic, event.delivery_id
 
     if headers.platform is Platform.SHOPIFY and topic in privacy.PRIVACY_TOPICS:
@@ -255,7 +261,7 @@ def _ingest_shop(
 
         event_id, request_id, status = _store(lambda: store.run(work))
         if status != "completed":
-            background.add_task(_process_privacy_request, store, request_id)
+            background.add_task(_process_privacy_request, store, request_id, {shop_id: shop.country})
         new = event_id is not None
     else:
         new = _store(lambda: store.insert([event])) == 1
@@ -335,7 +341,7 @@ class ShopWebhookFastPath:
             name: values.get(name.lower()) for name in (headers.signature, headers.topic, headers.delivery_id)
         }
         try:
-            event, _document = verified_event(headers, shop.shop.id, shop.secret, body, named, received_at)
+            event, _document = verified_event(headers, shop.shop, shop.secret, body, named, received_at)
             new = await _store_async(self._store.insert_async(event))
         except HTTPException as exc:
             return _error(exc.status_code, exc.detail, exc.headers)
@@ -436,21 +442,21 @@ async def _store_async(pending):
         return _store(outcome)
 
 
-def _process_privacy_request(store: EventStore, request_id: int) -> None:
+def _process_privacy_request(store: EventStore, request_id: int, countries: dict[str, str]) -> None:
     try:
-        store.run(lambda conn: privacy.process_request(conn, request_id))
+        store.run(lambda conn: privacy.process_request(conn, request_id, countries))
     except DatabaseUnavailable as exc:
         log.error("Privacy request %s stays pending (database unavailable: %s)", request_id, exc)
 
 
-def _process_open_privacy_requests(store: EventStore) -> None:
+def _process_open_privacy_requests(store: EventStore, countries: dict[str, str]) -> None:
     try:
         pending = store.run(privacy.open_requests)
     except (DatabaseUnavailable, psycopg2.Error) as exc:
         log.warning("Could not look for pending privacy requests at startup: %s", exc)
         return
     for request_id in pending:
-        _process_privacy_request(store, request_id)
+        _process_privacy_request(store, request_id, countries)
 
 
 def _is_form(request: Request) -> bool:

@@ -1,13 +1,14 @@
 """Writes webhook events into ``raw.webhook_events`` through a pool of PostgreSQL connections.
 
 One ``INSERT ... ON CONFLICT DO NOTHING`` per request (one statement for all the deliveries of a
-WhatsApp batch), committed before the caller answers 2xx. The shop platforms' ordinary deliveries
-go through :class:`GroupCommitter` instead: one thread inserts the events of every request waiting
-at that moment in one statement and one transaction (a group commit), and each request is answered
-only after that commit. Connections are opened lazily, so the
-service starts (and answers 503) while the database is down, and a connection that failed is
-closed and dropped from the pool instead of being handed out again, so the service reconnects by
-itself once the database is back.
+WhatsApp batch), committed before the caller answers 2xx. The same statement stores the normal form
+of the phone numbers in the payloads (``ops.phone_numbers``, see ``cart_recovery.phones``). The
+shop platforms' ordinary deliveries go through :class:`GroupCommitter` instead: one thread inserts
+the events of every request waiting at that moment in one statement and one transaction (a group
+commit), and each request is answered only after that commit. Connections are opened lazily, so the
+service starts (and answers 503) while the database is down, and a connection that failed is closed
+and dropped from the pool instead of being handed out again, so the service reconnects by itself
+once the database is back.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class WebhookEvent:
     delivery_id: str
     received_at: datetime
     payload: str  # the JSON text as received; PostgreSQL parses it into jsonb
+    # ops.phone_numbers rows (shop_id, raw, country, e164) of the phone numbers in the payload,
+    # stored in the same statement as the event (cart_recovery.phones)
+    phones: tuple[tuple[str, str, str, str | None], ...] = ()
 
 
 _INSERT_MANY = (
@@ -57,6 +61,22 @@ _INSERT_MANY = (
 )
 _INSERT_ONE = _INSERT_MANY.replace("values %s", "values (%s, %s, %s, %s, %s, %s)")
 _INSERT_MANY_KEYS = _INSERT_MANY.replace("returning event_id", "returning platform, shop_id, delivery_id")
+
+
+def _with_phones(cur: psycopg2.extensions.cursor, sql: str, events: Sequence[WebhookEvent]) -> str:
+    """``sql`` with the events' phone numbers written into ops.phone_numbers by the same statement
+    (a data-modifying CTE): a build that reads the event finds its numbers, and the group commit
+    keeps one round trip per group. ``sql`` keeps its one ``%s`` for the events' rows."""
+    rows = sorted({row for event in events for row in event.phones})
+    if not rows:
+        return sql
+    values = b",".join(cur.mogrify("(%s, %s, %s, %s)", row) for row in rows).decode()
+    return (
+        "with stored_phones as (insert into ops.phone_numbers (shop_id, raw, country, e164) values "
+        + values.replace("%", "%%")
+        + " on conflict (shop_id, raw) do nothing) "
+        + sql
+    )
 
 
 class EventStore:
@@ -179,10 +199,10 @@ class EventStore:
         def work(conn: psycopg2.extensions.connection) -> int:
             with conn.cursor() as cur:
                 if len(events) == 1:
-                    cur.execute(_INSERT_ONE, _row(events[0]))
+                    cur.execute(_with_phones(cur, _INSERT_ONE, events), _row(events[0]))
                     return cur.rowcount
                 rows = psycopg2.extras.execute_values(
-                    cur, _INSERT_MANY, [_row(e) for e in events], fetch=True
+                    cur, _with_phones(cur, _INSERT_MANY, events), [_row(e) for e in events], fetch=True
                 )
                 return len(rows)
 
@@ -195,7 +215,11 @@ class EventStore:
         def work(conn: psycopg2.extensions.connection) -> set[tuple[str, str, str]]:
             with conn.cursor() as cur:
                 rows = psycopg2.extras.execute_values(
-                    cur, _INSERT_MANY_KEYS, [_row(e) for e in events], page_size=len(events), fetch=True
+                    cur,
+                    _with_phones(cur, _INSERT_MANY_KEYS, events),
+                    [_row(e) for e in events],
+                    page_size=len(events),
+                    fetch=True,
                 )
                 return set(rows)
 
@@ -227,7 +251,11 @@ class EventStore:
         def work(conn: psycopg2.extensions.connection) -> int:
             with conn.cursor() as cur:
                 rows = psycopg2.extras.execute_values(
-                    cur, _INSERT_MANY_KEYS, [_row(e) for e in events], page_size=len(events), fetch=True
+                    cur,
+                    _with_phones(cur, _INSERT_MANY_KEYS, events),
+                    [_row(e) for e in events],
+                    page_size=len(events),
+                    fetch=True,
                 )
                 inserted = set(rows)
                 new = 0
@@ -373,6 +401,6 @@ def _row(event: WebhookEvent) -> tuple:
 
 def insert_event(cur: psycopg2.extensions.cursor, event: WebhookEvent) -> int | None:
     """Insert one event with an open cursor; its event_id, or None when it was a duplicate."""
-    cur.execute(_INSERT_ONE, _row(event))
+    cur.execute(_with_phones(cur, _INSERT_ONE, [event]), _row(event))
     row = cur.fetchone()
     return row[0] if row else None

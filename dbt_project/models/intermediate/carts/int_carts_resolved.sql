@@ -31,9 +31,10 @@ with customer_records as (
 
 ),
 
+-- what the shop is (the shops file, through ops.shops)
 shops as (
 
-    select * from {{ ref('shops') }}
+    select * from {{ ref('stg_ops__shops') }}
 
 ),
 
@@ -114,8 +115,8 @@ carts_with_contacts as (
         coalesce(carts.phone, customer_records.phone) as phone,
         coalesce(carts.first_name, customer_records.first_name) as first_name,
         coalesce(carts.last_name, customer_records.last_name) as last_name,
-        coalesce(carts.language, shops.language, '{{ var("default_language") }}') as language,
-        coalesce(shops.timezone, '{{ var("default_timezone") }}') as timezone,
+        coalesce(carts.language, shops.language) as language,
+        shops.timezone,
         coalesce(carts.currency, shops.currency) as currency,
         carts.cart_url,
         carts.line_items,
@@ -145,6 +146,7 @@ carts_with_contacts as (
         on customer_records.shop_id = carts.shop_id
         and customer_records.customer_platform_id = carts.resolved_customer_id
     {%- endif %}
+    -- every cart's shop is there (test every_cart_shop_is_in_the_shops_file on int_carts_unioned)
     left join shops
         on shops.shop_id = carts.shop_id
 

@@ -35,7 +35,7 @@ final as (
 
         -- strings
         {{ normalize_email("payload #>> '{member,email}'") }} as email,
-        {{ normalize_phone("payload #>> '{member,phoneNumber}'") }} as phone,
+        {{ normalize_phone("payload #>> '{member,phoneNumber}'", 'carts') }} as phone,
         nullif(trim(payload #>> '{member,firstname}'), '') as first_name,
         nullif(trim(payload #>> '{member,surname}'), '') as last_name,
         null::text as language,

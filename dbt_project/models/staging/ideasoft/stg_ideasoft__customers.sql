@@ -31,7 +31,7 @@ final as (
 
         -- strings
         {{ normalize_email("payload->>'email'") }} as email,
-        {{ normalize_phone("payload->>'phoneNumber'") }} as phone,
+        {{ normalize_phone("payload->>'phoneNumber'", 'customers') }} as phone,
         nullif(trim(payload->>'firstname'), '') as first_name,
         nullif(trim(payload->>'surname'), '') as last_name,
 

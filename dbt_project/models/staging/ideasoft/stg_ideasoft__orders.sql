@@ -38,7 +38,7 @@ final as (
 
         -- strings
         {{ normalize_email("payload #>> '{member,email}'") }} as email,
-        {{ normalize_phone("payload #>> '{member,phoneNumber}'") }} as phone,
+        {{ normalize_phone("payload #>> '{member,phoneNumber}'", 'orders') }} as phone,
         upper(payload->>'currency') as currency,
         nullif(trim(payload->>'couponCode'), '') as coupon_codes,
 

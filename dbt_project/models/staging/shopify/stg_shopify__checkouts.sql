@@ -43,7 +43,7 @@ final as (
 
         -- strings
         {{ normalize_email("coalesce(nullif(payload->>'email', ''), payload #>> '{customer,email}')") }} as email,
-        {{ normalize_phone("coalesce(nullif(payload->>'phone', ''), payload #>> '{customer,phone}')") }} as phone,
+        {{ normalize_phone("coalesce(nullif(payload->>'phone', ''), payload #>> '{customer,phone}')", 'checkouts') }} as phone,
         nullif(trim(payload #>> '{customer,first_name}'), '') as first_name,
         nullif(trim(payload #>> '{customer,last_name}'), '') as last_name,
         nullif(lower(left(payload->>'customer_locale', 2)), '') as language,

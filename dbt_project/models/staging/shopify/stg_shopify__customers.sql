@@ -31,7 +31,7 @@ final as (
 
         -- strings
         {{ normalize_email("payload->>'email'") }} as email,
-        {{ normalize_phone("payload->>'phone'") }} as phone,
+        {{ normalize_phone("payload->>'phone'", 'customers') }} as phone,
         nullif(trim(payload->>'first_name'), '') as first_name,
         nullif(trim(payload->>'last_name'), '') as last_name,
 

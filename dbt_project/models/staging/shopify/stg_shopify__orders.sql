@@ -38,7 +38,7 @@ final as (
 
         -- strings
         {{ normalize_email("coalesce(nullif(payload->>'email', ''), payload #>> '{customer,email}')") }} as email,
-        {{ normalize_phone("coalesce(nullif(payload->>'phone', ''), payload #>> '{customer,phone}')") }} as phone,
+        {{ normalize_phone("coalesce(nullif(payload->>'phone', ''), payload #>> '{customer,phone}')", 'orders') }} as phone,
         upper(payload->>'currency') as currency,
         (
             select string_agg(code->>'code', ',' order by position)

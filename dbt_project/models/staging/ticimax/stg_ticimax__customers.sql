@@ -32,7 +32,7 @@ final as (
 
         -- strings
         {{ normalize_email("payload->>'Mail'") }} as email,
-        {{ normalize_phone("payload->>'CepTelefonu'") }} as phone,
+        {{ normalize_phone("payload->>'CepTelefonu'", 'customers') }} as phone,
         nullif(trim(payload->>'Isim'), '') as first_name,
         nullif(trim(payload->>'Soyisim'), '') as last_name,
 

@@ -35,7 +35,7 @@ final as (
 
         -- strings
         {{ normalize_email("coalesce(nullif(payload->>'email', ''), payload #>> '{billing,email}')") }} as email,
-        {{ normalize_phone("coalesce(nullif(payload->>'phone', ''), payload #>> '{billing,phone}')") }} as phone,
+        {{ normalize_phone("coalesce(nullif(payload->>'phone', ''), payload #>> '{billing,phone}')", 'carts') }} as phone,
         nullif(trim(payload #>> '{billing,first_name}'), '') as first_name,
         nullif(trim(payload #>> '{billing,last_name}'), '') as last_name,
         null::text as language,

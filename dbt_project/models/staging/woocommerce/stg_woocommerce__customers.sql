@@ -32,7 +32,7 @@ final as (
 
         -- strings
         {{ normalize_email("coalesce(nullif(payload->>'email', ''), payload #>> '{billing,email}')") }} as email,
-        {{ normalize_phone("payload #>> '{billing,phone}'") }} as phone,
+        {{ normalize_phone("payload #>> '{billing,phone}'", 'customers') }} as phone,
         nullif(trim(payload->>'first_name'), '') as first_name,
         nullif(trim(payload->>'last_name'), '') as last_name,
 

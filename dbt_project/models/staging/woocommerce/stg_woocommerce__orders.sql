@@ -38,7 +38,7 @@ final as (
 
         -- strings
         {{ normalize_email("payload #>> '{billing,email}'") }} as email,
-        {{ normalize_phone("payload #>> '{billing,phone}'") }} as phone,
+        {{ normalize_phone("payload #>> '{billing,phone}'", 'orders') }} as phone,
         upper(payload->>'currency') as currency,
         payload->>'status' as order_status,
         (
